@@ -1,0 +1,79 @@
+"""The domain, as plain data: what the pipeline carries from source to pivot file.
+
+No I/O here. Times are timezone-aware datetimes; counts in a `UnitRecord` have passed
+validation, raw values in a `SourceRow` have not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Mode(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """One row as the bed-management database gave it: values are untrusted and unparsed."""
+
+    unit: str
+    installed: object
+    closed: object
+    available: object
+    updated_at: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    """Everything one source returned in one cycle.
+
+    `file_mtime` is set by file-based sources: it stands for `updated_at` on rows without one.
+    """
+
+    rows: tuple[SourceRow, ...]
+    file_mtime: datetime | None = None
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MappedUnit:
+    """One line of an establishment's mapping: a local unit onto exactly one ROR fiche."""
+
+    local_code: str
+    ror_id: str
+    label: str
+    declared_mode: Mode = Mode.AUTO
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BedCounts:
+    installed: int
+    closed: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRecord:
+    """A unit's validated counts, ready to be written to a pivot file."""
+
+    ror_id: str
+    counts: BedCounts
+    date_maj: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The content of one pivot file: one establishment at one cycle time."""
+
+    establishment_name: str
+    finess: str
+    horodatage: datetime  # cycle time, in the local zone of `daemon.timezone`
+    units: tuple[UnitRecord, ...] = field(default_factory=tuple)
+
+    def sorted_units(self) -> tuple[UnitRecord, ...]:
+        return tuple(sorted(self.units, key=lambda u: u.ror_id))
