@@ -1,0 +1,506 @@
+"""The TOML configuration: every key declared once, validated strictly, errors worded here.
+
+`load(path)` returns a `Config` or raises `ConfigError` listing *every* problem, each as
+`<file>: <key>: <what is wrong> — <how to fix>`. Unknown keys are errors, so that a typo can
+never silently disable a safety rule. Relative paths are relative to the config file's folder.
+Secrets are never in the TOML: they are read from `*_file` keys or `*_env` variables at load
+time and kept in `Config.secrets`, keyed by the dotted key they came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rorfeed.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/rorfeed/rorfeed.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSection(_Strict):
+    schedule: str = Field(
+        "5 * * * *", description="cron (minute hour day month weekday), in `timezone`"
+    )
+    timezone: str = Field("Europe/Paris", description="IANA zone of the schedule and time stamps")
+    work_dir: str = Field(
+        "/var/lib/rorfeed", description="holds outbox/, archive/ and, by default, state.db"
+    )
+    state_url: str = Field(
+        "", description="SQLAlchemy URL of the state store; empty = sqlite:///<work_dir>/state.db"
+    )
+    archive_days: int = Field(30, ge=1, description="days a delivered file stays in archive/")
+
+
+class MetricsSection(_Strict):
+    listen: str = Field(
+        "127.0.0.1:9464", description='host:port of /metrics; never all interfaces; "" disables'
+    )
+
+
+class RulesSection(_Strict):
+    max_beds_per_unit: int = Field(500, ge=1, description="plausible maximum of any count")
+    coherence: Literal["reject", "warn"] = Field(
+        "reject", description='"reject" or "warn" when closed > installed or available too high'
+    )
+    max_source_age_minutes: int = Field(
+        120, ge=1, description="oldest acceptable `updated_at` of a source row"
+    )
+    installed_change_warn: float = Field(
+        0.5, ge=0, description="share of change of installed beds that raises a warning"
+    )
+    manual_after_cycles: int = Field(
+        3, ge=1, description="consecutive rejected cycles before a unit goes manual"
+    )
+    killswitch_after_cycles: int = Field(
+        3, ge=1, description="consecutive cycles with the source unreachable"
+    )
+    killswitch_rejected_share: float = Field(
+        0.5, ge=0, le=1, description="share of units rejected in one cycle that trips it; 1 = never"
+    )
+    max_file_age_minutes: int = Field(120, ge=1, description="an older file is never delivered")
+
+
+class SqlSourceSection(_Strict):
+    kind: Literal["sql"] = Field(description='"sql" or "csv"', examples=["sql"])
+    url: str = Field(
+        description="SQLAlchemy URL of the bed-management database (no password in it)",
+        examples=["postgresql+psycopg://rorfeed@127.0.0.1:5432/beds"],
+    )
+    password_file: str = Field("", description="file holding the database password")
+    password_env: str = Field("", description="or: environment variable holding it")
+    query: str = Field(
+        description="returns unit, installed, closed, available and optionally updated_at",
+        examples=[
+            "SELECT code_uf AS unit, nb_inst AS installed, nb_ferm AS closed,"
+            " nb_dispo AS available, maj AS updated_at FROM v_lits"
+        ],
+    )
+    timeout_seconds: float = Field(
+        30, gt=0, description="connect + query; a source slower than this is unreachable"
+    )
+
+
+class CsvSourceSection(_Strict):
+    kind: Literal["csv"] = Field(description='"csv"', examples=["csv"])
+    path: str = Field(
+        description="a CSV export, or a folder whose newest *.csv (modification time) is read",
+        examples=["export.csv"],
+    )
+    encoding: Literal["utf-8", "cp1252", "latin-1"] = Field("utf-8", description="file encoding")
+    delimiter: Literal["", ";", ","] = Field("", description='"" = detect ";" or ","')
+    timeout_seconds: float = Field(30, gt=0, description="bound on reading the export")
+
+
+SourceSection = Annotated[SqlSourceSection | CsvSourceSection, Field(discriminator="kind")]
+
+
+class EstablishmentSection(_Strict):
+    name: str = Field(min_length=1, description="establishment name", examples=["Hôpital Exemple"])
+    finess: str = Field(
+        description="FINESS géographique (ET): département then 7 digits; 9th = Luhn key",
+        examples=["750712184"],
+    )
+    finess_check: Literal["luhn", "format"] = Field(
+        "luhn", description='or "format" (format only, for a real FINESS that fails the key)'
+    )
+    mapping: str = Field(description="CSV local_code;ror_id;label[;mode]", examples=["mapping.csv"])
+    referential: str = Field("", description="optional ROR referential export (CSV of fiche ids)")
+    source: SourceSection
+
+
+Format = Literal["xml", "json", "csv"]
+
+
+def _default_formats() -> list[Format]:
+    return ["xml"]
+
+
+class _DestinationCommon(_Strict):
+    name: str = Field(min_length=1, description="name of the destination", examples=["sesan"])
+    environment: Literal["production", "test"] = Field(
+        "production", description='or "test": the operator\'s ROR test environment'
+    )
+    establishments: list[str] = Field(
+        default_factory=list, description="FINESS list; empty = every establishment"
+    )
+    file_name: str = Field(
+        "rorlits_{finess}_{timestamp}.{ext}", description="placeholders: finess, timestamp, ext"
+    )
+    formats: list[Format] = Field(
+        default_factory=_default_formats, min_length=1, description='any of "xml", "json", "csv"'
+    )
+    timeout_seconds: float = Field(
+        30, gt=0, description="bounds the whole delivery of a cycle, retries included"
+    )
+
+
+class SftpDestinationSection(_DestinationCommon):
+    kind: Literal["sftp"] = Field(
+        description='"sftp" or "directory" (key: path)', examples=["sftp"]
+    )
+    host: str = Field(description="SFTP server", examples=["sftp.example.org"])
+    port: int = Field(22, ge=1, le=65535, description="SSH port")
+    username: str = Field(description="account on the server", examples=["etab750712184"])
+    private_key: str = Field(
+        description="private key (ed25519 or RSA)", examples=["/etc/rorfeed/id_ed25519"]
+    )
+    passphrase_file: str = Field("", description="file holding the key's passphrase")
+    passphrase_env: str = Field("", description="or: environment variable holding it")
+    known_hosts: str = Field(
+        description="the server's host key, as published by the operator",
+        examples=["/etc/rorfeed/known_hosts"],
+    )
+    remote_dir: str = Field(description="remote folder", examples=["/depot/ror"])
+
+
+class DirectoryDestinationSection(_DestinationCommon):
+    kind: Literal["directory"] = Field(description='"directory"', examples=["directory"])
+    path: str = Field(description="local folder the files are put into", examples=["out"])
+
+
+DestinationSection = Annotated[
+    SftpDestinationSection | DirectoryDestinationSection, Field(discriminator="kind")
+]
+
+
+class WebSection(_Strict):
+    listen: str = Field(
+        "127.0.0.1:8465", description="behind the hospital's reverse proxy, or with tls_cert/key"
+    )
+    tls_cert: str = Field("", description="certificate file (PEM) to serve HTTPS")
+    tls_key: str = Field("", description="its private key (PEM)")
+    session_minutes: int = Field(480, ge=1, description="a session expires after this")
+
+
+class NotifySection(_Strict):
+    smtp_host: str = Field("", description="SMTP relay; empty disables e-mail")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port")
+    starttls: bool = Field(True, description="use STARTTLS")
+    username: str = Field("", description="SMTP account, when the relay wants one")
+    password_file: str = Field("", description="file holding its password")
+    password_env: str = Field("", description="or: environment variable holding it")
+    sender: str = Field("", description="From: address")
+    recipients: list[str] = Field(
+        default_factory=list, description="the bed-management cell's addresses"
+    )
+
+
+class ConfigFile(_Strict):
+    """The whole file, as written by the operator."""
+
+    daemon: DaemonSection = Field(default_factory=DaemonSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    rules: RulesSection = Field(default_factory=RulesSection)
+    establishments: list[EstablishmentSection] = Field(min_length=1)
+    destinations: list[DestinationSection] = Field(min_length=1)
+    web: WebSection | None = None
+    notify: NotifySection | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration, with paths resolved and secrets read."""
+
+    path: Path
+    file: ConfigFile
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def work_dir(self) -> Path:
+        return self.resolve(self.file.daemon.work_dir)
+
+    @property
+    def state_url(self) -> str:
+        return state_url_of(self.file.daemon, self.base_dir)
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.file.daemon.timezone)
+
+    def destinations_for(self, finess: str) -> list[DestinationSection]:
+        return [
+            d for d in self.file.destinations if not d.establishments or finess in d.establishments
+        ]
+
+
+def state_url_of(daemon: DaemonSection, base_dir: Path) -> str:
+    if daemon.state_url:
+        return daemon.state_url
+    work = Path(daemon.work_dir)
+    work = work if work.is_absolute() else base_dir / work
+    return f"sqlite:///{work / 'state.db'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+_FINESS_RE = re.compile(r"^(\d{2}|2A|2B)\d{7}$")
+_PLACEHOLDERS = {"finess", "timestamp", "ext"}
+
+
+def finess_problem(finess: str, check: str) -> str | None:
+    """None when `finess` is acceptable, else what is wrong and how to fix it."""
+    if not _FINESS_RE.fullmatch(finess):
+        return (
+            f'found "{finess}", expected 9 characters: the département (2 digits, 2A or 2B) '
+            "then 7 digits"
+        )
+    if check == "luhn" and finess[:2] not in ("2A", "2B") and not luhn_valid(finess):
+        return (
+            f'found "{finess}", expected a valid FINESS (check digit) — fix the 9th digit, '
+            'or set finess_check = "format" if this real FINESS fails its key'
+        )
+    return None
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _dotted(loc: tuple[int | str, ...], tags: set[str]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in tags and i > 0:
+            # pydantic puts the discriminator's value in the path of a tagged union: hide it.
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+_KIND_TAGS = {"sql", "csv", "sftp", "directory"}
+
+
+def _pydantic_problems(name: str, exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        key = _dotted(tuple(err["loc"]), _KIND_TAGS)
+        typ = err["type"]
+        if typ == "extra_forbidden":
+            problems.append(f"{name}: {key}: unknown key — remove it or fix its spelling")
+        elif typ == "missing":
+            problems.append(f"{name}: {key}: missing — this key is required")
+        elif typ == "union_tag_invalid":
+            problems.append(f"{name}: {key}: {err['msg']}")
+        else:
+            found = err.get("input")
+            shown = f"found {found!r}, " if not isinstance(found, dict | list) else ""
+            problems.append(f"{name}: {key}: {shown}{err['msg'].lower()}")
+    return problems
+
+
+def parse_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file — pass --config or set RORFEED_CONFIG"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+def load(path: Path) -> Config:
+    """Read, validate and resolve the configuration; raise `ConfigError` with every problem."""
+    path = path.absolute()
+    raw = parse_toml(path)
+    name = path.name
+    try:
+        model = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(name, exc)) from None
+    problems: list[str] = []
+    secrets: dict[str, str] = {}
+    config = Config(path=path, file=model, secrets=secrets)
+    _check_semantics(config, problems, secrets)
+    if problems:
+        raise ConfigError([f"{name}: {p}" for p in problems])
+    return config
+
+
+def _read_secret(
+    config: Config, key: str, file_value: str, env_value: str, problems: list[str]
+) -> str | None:
+    if file_value and env_value:
+        problems.append(f"{key}_file, {key}_env: both set — keep one")
+        return None
+    if file_value:
+        p = config.resolve(file_value)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"{key}_file: {p}: cannot be read ({exc.strerror}) — fix the path")
+            return None
+        return text.removesuffix("\n")
+    if env_value:
+        value = os.environ.get(env_value)
+        if value is None:
+            problems.append(f"{key}_env: the environment variable {env_value} is not set")
+            return None
+        return value
+    return None
+
+
+def _check_file(config: Config, key: str, value: str, problems: list[str]) -> None:
+    p = config.resolve(value)
+    if not p.is_file() or not os.access(p, os.R_OK):
+        problems.append(f"{key}: {p}: missing or unreadable — fix the path")
+
+
+def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str]) -> None:
+    f = config.file
+    try:
+        zoneinfo.ZoneInfo(f.daemon.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        problems.append(
+            f'daemon.timezone: found "{f.daemon.timezone}", expected an IANA zone such as '
+            '"Europe/Paris"'
+        )
+    cron_problem = _cron_problem(f.daemon.schedule)
+    if cron_problem:
+        problems.append(f"daemon.schedule: {cron_problem}")
+    for listen_key, listen in (("metrics.listen", f.metrics.listen),) + (
+        (("web.listen", f.web.listen),) if f.web else ()
+    ):
+        if listen and not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", listen):
+            problems.append(f'{listen_key}: found "{listen}", expected host:port')
+
+    seen_finess: dict[str, int] = {}
+    for i, est in enumerate(f.establishments):
+        key = f"establishments[{i}]"
+        bad = finess_problem(est.finess, est.finess_check)
+        if bad:
+            problems.append(f"{key}.finess: {bad}")
+        if est.finess in seen_finess:
+            problems.append(
+                f"{key}.finess: {est.finess} is already establishments[{seen_finess[est.finess]}]"
+            )
+        seen_finess.setdefault(est.finess, i)
+        _check_file(config, f"{key}.mapping", est.mapping, problems)
+        if est.referential:
+            _check_file(config, f"{key}.referential", est.referential, problems)
+        src = est.source
+        if isinstance(src, SqlSourceSection):
+            secret = _read_secret(
+                config, f"{key}.source.password", src.password_file, src.password_env, problems
+            )
+            if secret is not None:
+                secrets[f"{key}.source.password"] = secret
+
+    seen_dest: set[str] = set()
+    for i, dest in enumerate(f.destinations):
+        key = f"destinations[{i}]"
+        if dest.name in seen_dest:
+            problems.append(f'{key}.name: "{dest.name}" is used twice — names must be unique')
+        seen_dest.add(dest.name)
+        for finess in dest.establishments:
+            if finess not in seen_finess:
+                problems.append(
+                    f"{key}.establishments: {finess} is not the FINESS of any [[establishments]]"
+                )
+        single = len(dest.establishments) == 1 or len(f.establishments) == 1
+        problems.extend(
+            f"{key}.file_name: {p}" for p in template_problems(dest.file_name, single=single)
+        )
+        if isinstance(dest, SftpDestinationSection):
+            _check_file(config, f"{key}.private_key", dest.private_key, problems)
+            _check_file(config, f"{key}.known_hosts", dest.known_hosts, problems)
+            secret = _read_secret(
+                config, f"{key}.passphrase", dest.passphrase_file, dest.passphrase_env, problems
+            )
+            if secret is not None:
+                secrets[f"{key}.passphrase"] = secret
+
+    if f.web:
+        for k in ("tls_cert", "tls_key"):
+            value = getattr(f.web, k)
+            if value:
+                _check_file(config, f"web.{k}", value, problems)
+        if bool(f.web.tls_cert) != bool(f.web.tls_key):
+            problems.append("web.tls_cert, web.tls_key: set both or neither")
+    if f.notify:
+        secret = _read_secret(
+            config, "notify.password", f.notify.password_file, f.notify.password_env, problems
+        )
+        if secret is not None:
+            secrets["notify.password"] = secret
+
+
+def template_problems(template: str, *, single: bool) -> list[str]:
+    found = set(re.findall(r"{([^{}]*)}", template))
+    problems = [
+        f'"{template}": unknown placeholder {{{p}}} — use finess, timestamp, ext'
+        for p in sorted(found - _PLACEHOLDERS)
+    ]
+    needed = ["timestamp", "ext"] + ([] if single else ["finess"])
+    problems.extend(
+        f'"{template}": must contain {{{p}}}'
+        + (" (the destination receives several establishments)" if p == "finess" else "")
+        for p in needed
+        if p not in found
+    )
+    if "/" in template or template.startswith("."):
+        problems.append(f'"{template}": must be a plain file name (no "/", no leading ".")')
+    return problems
+
+
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day", 1, 31),
+    ("month", 1, 12),
+    ("weekday", 0, 7),
+)
+
+
+def _cron_problem(expr: str) -> str | None:
+    """Validate the five-field cron syntax without importing the scheduler (CLI start time)."""
+    parts = expr.split()
+    if len(parts) != 5:
+        return f'found "{expr}", expected 5 fields: minute hour day month weekday'
+    for (fname, lo, hi), part in zip(_CRON_FIELDS, parts, strict=True):
+        for item in part.split(","):
+            m = re.fullmatch(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?", item)
+            if not m or (m.group(4) is not None and int(m.group(4)) == 0):
+                return f'found "{expr}": {fname} field "{part}" is not valid cron syntax'
+            for num in (m.group(2), m.group(3)):
+                if num is not None and not lo <= int(num) <= hi:
+                    return f'found "{expr}": {fname} {num} is outside {lo}-{hi}'
+    return None
+
+
+def config_path(cli_value: str | None) -> Path:
+    if cli_value:
+        return Path(cli_value)
+    env = os.environ.get("RORFEED_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
