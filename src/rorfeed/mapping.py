@@ -1,0 +1,148 @@
+"""An establishment's mapping: each local unit onto exactly one ROR fiche (SPEC §4).
+
+The mapping CSV is `local_code;ror_id;label[;mode]` (UTF-8, BOM tolerated, `;` or `,`).
+It must be one-to-one: a local code or a ROR id appearing twice is an error naming both lines.
+ROR ids are opaque strings (they may hold `/`), compared exactly and sorted as text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from rorfeed.errors import MappingError
+from rorfeed.model import MappedUnit, Mode
+
+COLUMNS = ("local_code", "ror_id", "label")
+HEADER_HINT = "local_code;ror_id;label[;mode]"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    units: tuple[MappedUnit, ...]
+
+    def by_local_code(self) -> dict[str, MappedUnit]:
+        return {u.local_code: u for u in self.units if u.local_code}
+
+    def by_ror_id(self) -> dict[str, MappedUnit]:
+        return {u.ror_id: u for u in self.units}
+
+    def find(self, key: str) -> MappedUnit | None:
+        """A unit by its ROR id or, failing that, its local code."""
+        key = key.strip()
+        return self.by_ror_id().get(key) or self.by_local_code().get(key)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise MappingError([f"{path}: cannot be read ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise MappingError(
+            [f"{path}:{line}: not UTF-8 — save the mapping as UTF-8 (with or without BOM)"]
+        ) from None
+
+
+def detect_delimiter(first_line: str) -> str:
+    return ";" if first_line.count(";") >= first_line.count(",") else ","
+
+
+def parse_mapping(path: Path) -> Mapping:
+    """Read and check a mapping file; raise `MappingError` listing every problem."""
+    text = _read_text(path)
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise MappingError([f"{path}: empty — expected a header {HEADER_HINT}"])
+    delimiter = detect_delimiter(lines[0])
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = [h.strip().lower() for h in next(reader)]
+    missing = [c for c in COLUMNS if c not in header]
+    problems: list[str] = []
+    if missing:
+        raise MappingError(
+            [f"{path}:1: header lacks {', '.join(missing)} — expected {HEADER_HINT}"]
+        )
+    unknown = [h for h in header if h not in (*COLUMNS, "mode")]
+    if unknown:
+        problems.append(f"{path}:1: unknown column(s) {', '.join(unknown)}")
+    index = {name: header.index(name) for name in header if name in (*COLUMNS, "mode")}
+    units: list[MappedUnit] = []
+    local_seen: dict[str, int] = {}
+    ror_seen: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append(f"{path}:{line}: {len(row)} fields, expected {len(header)}")
+            continue
+
+        def cell(name: str, row: list[str] = row) -> str:
+            return row[index[name]].strip() if name in index else ""
+
+        local_code, ror_id, label = cell("local_code"), cell("ror_id"), cell("label")
+        mode_text = cell("mode").lower() or Mode.AUTO.value
+        if mode_text not in (Mode.AUTO.value, Mode.MANUAL.value):
+            problems.append(f'{path}:{line}: mode "{mode_text}" — expected auto or manual')
+            continue
+        mode = Mode(mode_text)
+        if not ror_id:
+            problems.append(f"{path}:{line}: empty ror_id")
+            continue
+        if not local_code and mode is Mode.AUTO:
+            problems.append(
+                f"{path}:{line}: empty local_code for ROR fiche {ror_id} — only a fiche declared "
+                "manual may have none"
+            )
+            continue
+        if ror_id in ror_seen:
+            problems.append(
+                f"{path}:{line}: ROR id {ror_id} already mapped on line {ror_seen[ror_id]} — "
+                "one ROR fiche = one line"
+            )
+        if local_code and local_code in local_seen:
+            problems.append(
+                f"{path}:{line}: local code {local_code} already mapped on line "
+                f"{local_seen[local_code]} — the mapping must be one-to-one"
+            )
+        ror_seen.setdefault(ror_id, line)
+        if local_code:
+            local_seen.setdefault(local_code, line)
+        units.append(MappedUnit(local_code, ror_id, label, mode, line))
+    if problems:
+        raise MappingError(problems)
+    return Mapping(tuple(units))
+
+
+def parse_referential(path: Path) -> set[str]:
+    """The ROR fiche ids of the « Disponibilité en lits » perimeter.
+
+    Accepts a one-column export, or a header with a `ror_id` (or `id_fiche_ror`) column.
+    """
+    text = _read_text(path)
+    lines = text.splitlines()
+    if not lines:
+        return set()
+    delimiter = detect_delimiter(lines[0])
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    header = [h.strip().lower() for h in rows[0]]
+    for name in ("ror_id", "id_fiche_ror"):
+        if name in header:
+            col = header.index(name)
+            return {r[col].strip() for r in rows[1:] if len(r) > col and r[col].strip()}
+    return {r[0].strip() for r in rows if r and r[0].strip()}
+
+
+@dataclass(frozen=True)
+class ReferentialReport:
+    not_in_referential: list[str]  # mapped ids absent from the perimeter: errors
+    not_mapped: list[str]  # perimeter fiches not in the mapping: need manual entry (warnings)
+
+
+def compare_referential(mapping: Mapping, referential: set[str]) -> ReferentialReport:
+    mapped = set(mapping.by_ror_id())
+    return ReferentialReport(sorted(mapped - referential), sorted(referential - mapped))
