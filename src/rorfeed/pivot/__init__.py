@@ -1,0 +1,50 @@
+"""Pivot files (SPEC §5): one snapshot rendered as XML, JSON or CSV, each checked against the
+schema shipped beside it (`pivot.xsd`, `pivot.schema.json`, which CSV shares) before it may leave
+the machine.
+
+Adding a format is one module meeting `Writer` and one line in `WRITERS`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from rorfeed.model import Snapshot
+from rorfeed.pivot import csv, json, xml
+
+
+class Writer(Protocol):
+    @property
+    def extension(self) -> str:
+        """File name extension, without the dot."""
+        ...
+
+    def render(self, snapshot: Snapshot) -> bytes:
+        """The file's bytes; the same snapshot always gives the same bytes.
+
+        Raises `PivotInvalid` when the snapshot cannot be written (naive time, text the format
+        cannot carry).
+        """
+        ...
+
+    def validate(self, data: bytes) -> None:
+        """Raise `PivotInvalid`, saying where and why, unless `data` is a valid file."""
+        ...
+
+
+WRITERS: dict[str, Writer] = {
+    "xml": xml,
+    "json": json,
+    "csv": csv,
+}
+
+
+def render_checked(snapshot: Snapshot, fmt: str) -> bytes:
+    """Render `snapshot` in format `fmt` and prove the result valid; raises `PivotInvalid`.
+
+    An unknown `fmt` is a `KeyError`: configuration accepts only the keys of `WRITERS`.
+    """
+    writer = WRITERS[fmt]
+    data = writer.render(snapshot)
+    writer.validate(data)
+    return data
