@@ -1,0 +1,376 @@
+"""One cycle, start to end: the only place where the pipeline's steps are wired together.
+
+    source → mapping → validation → pivot files → outbox → transports → archive
+
+Per establishment: read the mapping (and record its changes), skip it when a kill-switch is
+on, extract from the source, judge every automated unit, write one file per destination and
+format. Then deliver each destination's outbox. Nothing here catches anything but rorfeed's own
+exceptions; an establishment's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from rorfeed import pivot
+from rorfeed.config import Config, EstablishmentSection
+from rorfeed.errors import MappingError, SourceError
+from rorfeed.mapping import Mapping, parse_mapping
+from rorfeed.model import Extraction, MappedUnit, Snapshot, SourceRow, UnitRecord
+from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
+from rorfeed.rules import RuleOptions, Verdict, check_unit
+from rorfeed.sources import open_source
+from rorfeed.state import GLOBAL, Store, UnitState
+from rorfeed.transports import open_transport
+
+log = structlog.get_logger("rorfeed.cycle")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def file_timestamp(cycle_time: datetime) -> str:
+    return cycle_time.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def file_name(template: str, finess: str, cycle_time: datetime, ext: str) -> str:
+    return template.format(finess=finess, timestamp=file_timestamp(cycle_time), ext=ext)
+
+
+@dataclass
+class EstablishmentReport:
+    finess: str
+    name: str
+    status: str = "ok"  # ok | source_down | mapping_error | killswitch | nothing_to_send
+    error: str = ""
+    sent: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # rule → units
+    rejected_units: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    warnings: Counter[str] = field(default_factory=Counter)
+    unmapped: list[str] = field(default_factory=list)
+    manual: int = 0
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def rejected_count(self) -> int:
+        return len(self.rejected_units)
+
+
+@dataclass
+class CycleReport:
+    cycle_time: datetime
+    establishments: list[EstablishmentReport] = field(default_factory=list)
+    deliveries: list[DeliveryReport] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def sent(self) -> int:
+        return sum(e.sent for e in self.establishments)
+
+    @property
+    def rejected(self) -> int:
+        return sum(e.rejected_count for e in self.establishments)
+
+    @property
+    def failed(self) -> bool:
+        """The work failed: a source unreachable, a mapping unreadable or a delivery failed."""
+        return any(
+            e.status in ("source_down", "mapping_error") for e in self.establishments
+        ) or any(not d.ok for d in self.deliveries)
+
+    @property
+    def outcome(self) -> str:
+        if self.failed:
+            return "failed"
+        if self.rejected or any(e.status == "killswitch" for e in self.establishments):
+            return "partial"
+        return "ok"
+
+
+def rule_options(config: Config) -> RuleOptions:
+    r = config.file.rules
+    return RuleOptions(
+        max_beds_per_unit=r.max_beds_per_unit,
+        coherence_rejects=r.coherence == "reject",
+        max_source_age=timedelta(minutes=r.max_source_age_minutes),
+        installed_change_warn=r.installed_change_warn,
+    )
+
+
+def effective_states(
+    finess: str, mapping: Mapping, known: dict[str, UnitState], now: datetime
+) -> dict[str, UnitState]:
+    """Each mapped unit's state as the store has it, or as a first reading would create it."""
+    out = {}
+    for u in mapping.units:
+        state = known.get(u.ror_id)
+        if state is None:
+            state = UnitState(
+                finess,
+                u.ror_id,
+                u.local_code,
+                u.label,
+                u.declared_mode,
+                True,
+                u.declared_mode,
+                now,
+                "",
+                0,
+                (),
+                None,
+                None,
+                None,
+            )
+        out[u.ror_id] = state
+    return out
+
+
+def _group_rows(extraction: Extraction) -> dict[str, list[SourceRow]]:
+    rows: dict[str, list[SourceRow]] = defaultdict(list)
+    for row in extraction.rows:
+        rows[row.unit.strip()].append(row)
+    return rows
+
+
+class Cycle:
+    """Runs cycles for one configuration against one state store."""
+
+    def __init__(self, config: Config, store: Store, clock: Clock = utc_now) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.outbox = Outbox(config.work_dir, store)
+
+    def run(self, cycle_time: datetime, dry_run_dir: Path | None = None) -> CycleReport:
+        started = time.monotonic()
+        started_at = self.clock()
+        report = CycleReport(cycle_time)
+        switches = self.store.killswitches()
+        for index, est in enumerate(self.config.file.establishments):
+            stopped = switches.get(GLOBAL, False) or switches.get(est.finess, False)
+            report.establishments.append(
+                self._establishment(index, est, cycle_time, stopped, dry_run_dir)
+            )
+        if dry_run_dir is None:
+            report.deliveries = self._deliver()
+            self.outbox.purge_archive(self.config.file.daemon.archive_days)
+        report.duration = time.monotonic() - started
+        if dry_run_dir is None:
+            self.store.record_cycle(
+                cycle_time,
+                started_at,
+                self.clock(),
+                report.outcome,
+                report.sent,
+                report.rejected,
+                _cycle_detail(report),
+            )
+        log.info(
+            "cycle_end",
+            cycle_time=cycle_time.isoformat(),
+            outcome=report.outcome,
+            sent=report.sent,
+            rejected=report.rejected,
+            duration_s=round(report.duration, 3),
+            dry_run=dry_run_dir is not None,
+        )
+        return report
+
+    # -- one establishment ----------------------------------------------------------------
+
+    def _establishment(
+        self,
+        index: int,
+        est: EstablishmentSection,
+        cycle_time: datetime,
+        stopped: bool,
+        dry_run_dir: Path | None,
+    ) -> EstablishmentReport:
+        rep = EstablishmentReport(est.finess, est.name)
+        bound = log.bind(finess=est.finess)
+        dry = dry_run_dir is not None
+        try:
+            mapping = parse_mapping(self.config.resolve(est.mapping))
+        except MappingError as exc:
+            rep.status, rep.error = "mapping_error", str(exc)
+            bound.error("mapping_invalid", error=str(exc))
+            return rep
+        if not dry:
+            self.store.sync_mapping(est.finess, mapping.units, self.clock())
+        known = {u.ror_id: u for u in self.store.units(est.finess)}
+        states = effective_states(est.finess, mapping, known, self.clock())
+        sendable = [m for m in mapping.units if states[m.ror_id].sendable]
+        rep.manual = len(mapping.units) - len(sendable)
+        if stopped:
+            rep.status = "killswitch"
+            bound.warning("killswitch_on", units=len(sendable))
+            return rep
+
+        try:
+            extraction = open_source(self.config, index).fetch()
+        except SourceError as exc:
+            rep.status, rep.error = "source_down", str(exc)
+            if not dry:
+                self.store.source_unreachable(est.finess, down=True)
+            bound.error("source_down", error=str(exc))
+            return rep
+        if not dry:
+            self.store.source_unreachable(est.finess, down=False)
+
+        rows = _group_rows(extraction)
+        mapped_codes = set(mapping.by_local_code())
+        rep.unmapped = sorted(code for code in rows if code not in mapped_codes)
+        verdicts = self._judge(sendable, states, rows, extraction, cycle_time)
+        accepted: list[UnitRecord] = []
+        for ror_id, verdict in verdicts.items():
+            rep.warnings.update(verdict.warnings)
+            if verdict.record is None:
+                rep.rejected_units[ror_id] = verdict.rejected
+                rep.rejected.update(verdict.rejected)
+                bound.warning(
+                    "unit_rejected", ror_id=ror_id, rules=list(verdict.rejected), raw=verdict.raw
+                )
+            else:
+                accepted.append(verdict.record)
+        if not dry:
+            self.store.record_verdicts(
+                est.finess,
+                rep.rejected_units,
+                {r.ror_id: r.counts.installed for r in accepted},
+            )
+        if not accepted:
+            rep.status = "nothing_to_send"
+            bound.warning("nothing_to_send", rejected=rep.rejected_count)
+            return rep
+        rep.sent = len(accepted)
+        snapshot = Snapshot(
+            est.name, est.finess, cycle_time.astimezone(self.config.zone), tuple(accepted)
+        )
+        rep.files = self._write(snapshot, cycle_time, dry_run_dir)
+        bound.info(
+            "establishment_done",
+            sent=rep.sent,
+            rejected=rep.rejected_count,
+            unmapped=len(rep.unmapped),
+            files=len(rep.files),
+        )
+        return rep
+
+    def _judge(
+        self,
+        units: list[MappedUnit],
+        states: dict[str, UnitState],
+        rows: dict[str, list[SourceRow]],
+        extraction: Extraction,
+        cycle_time: datetime,
+    ) -> dict[str, Verdict]:
+        options = rule_options(self.config)
+        now = self.clock()
+        return {
+            u.ror_id: check_unit(
+                rows.get(u.local_code, []),
+                u.ror_id,
+                now=now,
+                zone=self.config.zone,
+                options=options,
+                file_mtime=extraction.file_mtime,
+                previous_installed=states[u.ror_id].last_accepted_installed,
+            )
+            for u in units
+        }
+
+    def _write(
+        self, snapshot: Snapshot, cycle_time: datetime, dry_run_dir: Path | None
+    ) -> list[Path]:
+        rendered: dict[str, bytes] = {}
+        written: list[Path] = []
+        snapshot_id = None
+        if dry_run_dir is None:
+            snapshot_id = self.store.add_snapshot(
+                snapshot.finess, cycle_time, {u.ror_id: u.counts for u in snapshot.units}
+            )
+        for dest in self.config.destinations_for(snapshot.finess):
+            for fmt in dest.formats:
+                if fmt not in rendered:
+                    rendered[fmt] = pivot.render_checked(snapshot, fmt)
+                name = file_name(
+                    dest.file_name, snapshot.finess, cycle_time, pivot.WRITERS[fmt].extension
+                )
+                if dry_run_dir is not None:
+                    path = dry_run_dir / name
+                    write_atomic(path, rendered[fmt])
+                else:
+                    assert snapshot_id is not None  # noqa: S101 - set above when not dry
+                    path = self.outbox.stage(
+                        dest.name,
+                        name,
+                        rendered[fmt],
+                        snapshot_id,
+                        snapshot.finess,
+                        cycle_time,
+                        self.clock(),
+                    )
+                written.append(path)
+        return written
+
+    # -- delivery -------------------------------------------------------------------------
+
+    def _deliver(self) -> list[DeliveryReport]:
+        reports = []
+        max_age = timedelta(minutes=self.config.file.rules.max_file_age_minutes)
+        for index, dest in enumerate(self.config.file.destinations):
+            report = self.outbox.deliver(
+                dest.name,
+                open_transport(self.config, index),
+                timeout=dest.timeout_seconds,
+                max_age=max_age,
+                production=dest.environment == "production",
+                clock=self.clock,
+            )
+            if not report.ok:
+                log.error(
+                    "delivery_failed",
+                    destination=dest.name,
+                    cause=report.error_cause,
+                    error=report.error,
+                    waiting=len(report.failed),
+                )
+            reports.append(report)
+        return reports
+
+
+def _cycle_detail(report: CycleReport) -> dict[str, object]:
+    return {
+        "establishments": {
+            e.finess: {
+                "status": e.status,
+                "sent": e.sent,
+                "rejected": dict(e.rejected),
+                "unmapped": len(e.unmapped),
+                "error": e.error,
+            }
+            for e in report.establishments
+        },
+        "deliveries": {
+            d.destination: {
+                "delivered": len(d.delivered),
+                "failed": len(d.failed),
+                "superseded": len(d.superseded),
+                "expired": len(d.expired),
+                "uncertain": len(d.uncertain),
+                "error": d.error,
+            }
+            for d in report.deliveries
+        },
+    }
+

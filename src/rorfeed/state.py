@@ -1,0 +1,754 @@
+"""The state store (SPEC §8): modes, streaks, audit trail, cycles and the delivery ledger.
+
+SQLAlchemy Core over SQLite (default, WAL mode) or PostgreSQL. Every change that must stay
+consistent with another (a mode and its audit entry, a ledger status) happens in one
+transaction. The audit trail is append-only. Times are stored as UTC.
+
+The schema carries a version; `open_store` upgrades an older one in place (migrations keep
+every row) and refuses one written by a newer rorfeed, without touching it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from rorfeed.errors import StateError
+from rorfeed.model import BedCounts, MappedUnit, Mode
+
+SCHEMA_VERSION = 1
+ACTOR_RORFEED = "rorfeed"
+GLOBAL = "*"  # the key of the global kill-switch
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, whatever the backend keeps."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the state store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+meta_t = Table(
+    "rorfeed_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+units_t = Table(
+    "units",
+    metadata,
+    Column("finess", String(9), primary_key=True),
+    Column("ror_id", String(200), primary_key=True),
+    Column("local_code", String(200), nullable=False),
+    Column("label", Text, nullable=False),
+    Column("declared_mode", String(8), nullable=False),
+    Column("in_mapping", Boolean, nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("mode_since", UTCDateTime, nullable=False),
+    Column("mode_reason", Text, nullable=False),
+    Column("streak", Integer, nullable=False, default=0),
+    Column("last_rules", Text, nullable=False, default=""),
+    Column("last_accepted_installed", Integer),
+    Column("last_installed", Integer),
+    Column("last_closed", Integer),
+    Column("last_available", Integer),
+    Column("last_counts_at", UTCDateTime),
+)
+
+audit_t = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("finess", String(9)),
+    Column("ror_id", String(200)),
+    Column("local_code", String(200)),
+    Column("previous", Text),
+    Column("new", Text),
+    Column("reason", Text, nullable=False),
+)
+
+establishments_t = Table(
+    "establishments",
+    metadata,
+    Column("finess", String(9), primary_key=True),  # GLOBAL for the global kill-switch
+    Column("killswitch", Boolean, nullable=False, default=False),
+    Column("killswitch_since", UTCDateTime),
+    Column("killswitch_reason", Text, nullable=False, default=""),
+    Column("unreachable_streak", Integer, nullable=False, default=0),
+)
+
+cycles_t = Table(
+    "cycles",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cycle_time", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("outcome", String(32), nullable=False),
+    Column("sent", Integer, nullable=False, default=0),
+    Column("rejected", Integer, nullable=False, default=0),
+    Column("detail", Text, nullable=False, default="{}"),
+)
+
+snapshots_t = Table(
+    "snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("finess", String(9), nullable=False),
+    Column("cycle_time", UTCDateTime, nullable=False),
+    Column("counts", Text, nullable=False),  # {ror_id: [installed, closed, available]}
+    UniqueConstraint("finess", "cycle_time"),
+)
+
+# The delivery ledger: one row per file per destination; `status` moves
+# pending → uploading → delivered | uncertain, or pending → superseded | expired.
+files_t = Table(
+    "outbox_files",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("destination", String(200), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("snapshot_id", Integer, ForeignKey("snapshots.id"), nullable=False),
+    Column("finess", String(9), nullable=False),
+    Column("cycle_time", UTCDateTime, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=False, default=""),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("destination", "file_name"),
+)
+
+PENDING, UPLOADING, DELIVERED = "pending", "uploading", "delivered"
+UNCERTAIN, SUPERSEDED, EXPIRED = "uncertain", "superseded", "expired"
+
+
+@dataclass(frozen=True)
+class UnitState:
+    finess: str
+    ror_id: str
+    local_code: str
+    label: str
+    declared_mode: Mode
+    in_mapping: bool
+    mode: Mode
+    mode_since: datetime
+    mode_reason: str
+    streak: int
+    last_rules: tuple[str, ...]
+    last_accepted_installed: int | None
+    last_counts: BedCounts | None
+    last_counts_at: datetime | None
+
+    @property
+    def sendable(self) -> bool:
+        return self.in_mapping and self.declared_mode is Mode.AUTO and self.mode is Mode.AUTO
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    actor: str
+    action: str
+    finess: str | None
+    ror_id: str | None
+    local_code: str | None
+    previous: str | None
+    new: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class CycleRow:
+    cycle_time: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    sent: int
+    rejected: int
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    id: int
+    destination: str
+    file_name: str
+    snapshot_id: int
+    finess: str
+    cycle_time: datetime
+    size: int
+    status: str
+    attempts: int
+
+
+def _unit_state(row: Any) -> UnitState:
+    counts = (
+        BedCounts(row.last_installed, row.last_closed, row.last_available)
+        if row.last_installed is not None
+        else None
+    )
+    return UnitState(
+        finess=row.finess,
+        ror_id=row.ror_id,
+        local_code=row.local_code,
+        label=row.label,
+        declared_mode=Mode(row.declared_mode),
+        in_mapping=row.in_mapping,
+        mode=Mode(row.mode),
+        mode_since=row.mode_since,
+        mode_reason=row.mode_reason,
+        streak=row.streak,
+        last_rules=tuple(r for r in row.last_rules.split(",") if r),
+        last_accepted_installed=row.last_accepted_installed,
+        last_counts=counts,
+        last_counts_at=row.last_counts_at,
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the CLI read and write while the daemon runs a cycle; busy_timeout makes a
+    # concurrent writer wait instead of failing. The driver's own transaction handling is
+    # switched off so that `BEGIN IMMEDIATE` (below) takes the write lock up front.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """The state store's operations. One instance per process; thread-safe via its engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StateError(f"state store: {exc.__class__.__name__}: {exc.args[0]}") from exc
+
+    # -- units and mapping ----------------------------------------------------------------
+
+    def units(self, finess: str | None = None) -> list[UnitState]:
+        q = select(units_t).order_by(units_t.c.finess, units_t.c.ror_id)
+        if finess is not None:
+            q = q.where(units_t.c.finess == finess)
+        with self.tx() as conn:
+            return [_unit_state(r) for r in conn.execute(q)]
+
+    def sync_mapping(
+        self, finess: str, units: tuple[MappedUnit, ...], now: datetime
+    ) -> list[AuditEntry]:
+        """Bring the units table in line with the mapping; audit each change as `rorfeed`.
+
+        Returns the audit entries written (removed units and re-declarations to manual are
+        what the bed-management cell must hear about).
+        """
+        entries: list[AuditEntry] = []
+        with self.tx() as conn:
+            known = {
+                r.ror_id: r for r in conn.execute(select(units_t).where(units_t.c.finess == finess))
+            }
+            seen = set()
+            for u in units:
+                seen.add(u.ror_id)
+                old = known.get(u.ror_id)
+                if old is None:
+                    conn.execute(
+                        insert(units_t).values(
+                            finess=finess,
+                            ror_id=u.ror_id,
+                            local_code=u.local_code,
+                            label=u.label,
+                            declared_mode=u.declared_mode.value,
+                            in_mapping=True,
+                            mode=u.declared_mode.value,
+                            mode_since=now,
+                            mode_reason="ajoutée au mapping",
+                            streak=0,
+                            last_rules="",
+                        )
+                    )
+                    entries.append(
+                        self._audit(
+                            conn,
+                            now,
+                            ACTOR_RORFEED,
+                            "mapping",
+                            finess,
+                            u.ror_id,
+                            u.local_code,
+                            None,
+                            f"added ({u.declared_mode.value})",
+                            f"mapping line {u.line}",
+                        )
+                    )
+                    continue
+                changes: dict[str, Any] = {}
+                if not old.in_mapping:
+                    changes["in_mapping"] = True
+                    entries.append(
+                        self._audit(
+                            conn,
+                            now,
+                            ACTOR_RORFEED,
+                            "mapping",
+                            finess,
+                            u.ror_id,
+                            u.local_code,
+                            "removed",
+                            "added back",
+                            f"mapping line {u.line}",
+                        )
+                    )
+                if old.local_code != u.local_code or old.label != u.label:
+                    changes.update(local_code=u.local_code, label=u.label)
+                    entries.append(
+                        self._audit(
+                            conn,
+                            now,
+                            ACTOR_RORFEED,
+                            "mapping",
+                            finess,
+                            u.ror_id,
+                            u.local_code,
+                            f"{old.local_code} ({old.label})",
+                            f"{u.local_code} ({u.label})",
+                            f"re-mapped, mapping line {u.line}",
+                        )
+                    )
+                if old.declared_mode != u.declared_mode.value:
+                    changes["declared_mode"] = u.declared_mode.value
+                    entries.append(
+                        self._audit(
+                            conn,
+                            now,
+                            ACTOR_RORFEED,
+                            "mapping",
+                            finess,
+                            u.ror_id,
+                            u.local_code,
+                            f"declared {old.declared_mode}",
+                            f"declared {u.declared_mode.value}",
+                            f"re-declared, mapping line {u.line}",
+                        )
+                    )
+                    # Re-declaring manual switches the unit to manual; re-declaring auto does
+                    # not switch it back: a person does, with `units auto`.
+                    if u.declared_mode is Mode.MANUAL and old.mode != Mode.MANUAL.value:
+                        changes.update(
+                            mode=Mode.MANUAL.value,
+                            mode_since=now,
+                            mode_reason="déclarée manuelle dans le mapping",
+                        )
+                        entries.append(
+                            self._audit(
+                                conn,
+                                now,
+                                ACTOR_RORFEED,
+                                "unit_mode",
+                                finess,
+                                u.ror_id,
+                                u.local_code,
+                                old.mode,
+                                Mode.MANUAL.value,
+                                "déclarée manuelle dans le mapping",
+                            )
+                        )
+                if changes:
+                    conn.execute(
+                        update(units_t)
+                        .where(units_t.c.finess == finess, units_t.c.ror_id == u.ror_id)
+                        .values(**changes)
+                    )
+            for ror_id, old in known.items():
+                if ror_id not in seen and old.in_mapping:
+                    conn.execute(
+                        update(units_t)
+                        .where(units_t.c.finess == finess, units_t.c.ror_id == ror_id)
+                        .values(in_mapping=False)
+                    )
+                    entries.append(
+                        self._audit(
+                            conn,
+                            now,
+                            ACTOR_RORFEED,
+                            "mapping",
+                            finess,
+                            ror_id,
+                            old.local_code,
+                            "mapped",
+                            "removed",
+                            "retirée du mapping",
+                        )
+                    )
+        return entries
+
+    def record_verdicts(
+        self, finess: str, rejected: dict[str, tuple[str, ...]], accepted: dict[str, int]
+    ) -> None:
+        """Lengthen the streak of each rejected unit, reset it for each accepted one.
+
+        `accepted` maps ROR id → installed beds accepted (the warning rule compares to it).
+        """
+        with self.tx() as conn:
+            for ror_id, rules in rejected.items():
+                conn.execute(
+                    update(units_t)
+                    .where(units_t.c.finess == finess, units_t.c.ror_id == ror_id)
+                    .values(streak=units_t.c.streak + 1, last_rules=",".join(rules))
+                )
+            for ror_id, installed in accepted.items():
+                conn.execute(
+                    update(units_t)
+                    .where(units_t.c.finess == finess, units_t.c.ror_id == ror_id)
+                    .values(streak=0, last_rules="", last_accepted_installed=installed)
+                )
+
+    # -- audit ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(
+        conn: Connection,
+        at: datetime,
+        actor: str,
+        action: str,
+        finess: str | None,
+        ror_id: str | None,
+        local_code: str | None,
+        previous: str | None,
+        new: str | None,
+        reason: str,
+    ) -> AuditEntry:
+        entry = AuditEntry(at, actor, action, finess, ror_id, local_code, previous, new, reason)
+        conn.execute(insert(audit_t).values(**entry.__dict__))
+        return entry
+
+    def history(self, ror_or_local: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        q = select(audit_t).order_by(audit_t.c.id.desc()).limit(limit)
+        if ror_or_local is not None:
+            q = q.where((audit_t.c.ror_id == ror_or_local) | (audit_t.c.local_code == ror_or_local))
+        with self.tx() as conn:
+            return [
+                AuditEntry(
+                    r.at,
+                    r.actor,
+                    r.action,
+                    r.finess,
+                    r.ror_id,
+                    r.local_code,
+                    r.previous,
+                    r.new,
+                    r.reason,
+                )
+                for r in conn.execute(q)
+            ]
+
+    # -- establishments (kill-switch, unreachable streak) ---------------------------------
+
+    def _ensure_establishment(self, conn: Connection, finess: str) -> None:
+        exists = conn.execute(
+            select(establishments_t.c.finess).where(establishments_t.c.finess == finess)
+        ).first()
+        if exists is None:
+            conn.execute(
+                insert(establishments_t).values(
+                    finess=finess, killswitch=False, killswitch_reason="", unreachable_streak=0
+                )
+            )
+
+    def killswitches(self) -> dict[str, bool]:
+        with self.tx() as conn:
+            return {r.finess: bool(r.killswitch) for r in conn.execute(select(establishments_t))}
+
+    def source_unreachable(self, finess: str, down: bool) -> int:
+        """Count a cycle whose source was (not) reachable; return the current streak."""
+        with self.tx() as conn:
+            self._ensure_establishment(conn, finess)
+            value = establishments_t.c.unreachable_streak + 1 if down else 0
+            conn.execute(
+                update(establishments_t)
+                .where(establishments_t.c.finess == finess)
+                .values(unreachable_streak=value)
+            )
+            streak = conn.execute(
+                select(establishments_t.c.unreachable_streak).where(
+                    establishments_t.c.finess == finess
+                )
+            ).scalar_one()
+            return int(streak)
+
+    # -- cycles ---------------------------------------------------------------------------
+
+    def record_cycle(
+        self,
+        cycle_time: datetime,
+        started_at: datetime,
+        finished_at: datetime,
+        outcome: str,
+        sent: int,
+        rejected: int,
+        detail: dict[str, Any],
+    ) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                insert(cycles_t).values(
+                    cycle_time=cycle_time,
+                    started_at=started_at,
+                    finished_at=finished_at,
+                    outcome=outcome,
+                    sent=sent,
+                    rejected=rejected,
+                    detail=json.dumps(detail, ensure_ascii=False, sort_keys=True),
+                )
+            )
+
+    def recent_cycles(self, limit: int = 10) -> list[CycleRow]:
+        q = select(cycles_t).order_by(cycles_t.c.id.desc()).limit(limit)
+        with self.tx() as conn:
+            return [
+                CycleRow(
+                    r.cycle_time,
+                    r.started_at,
+                    r.finished_at,
+                    r.outcome,
+                    r.sent,
+                    r.rejected,
+                    json.loads(r.detail),
+                )
+                for r in conn.execute(q)
+            ]
+
+    # -- snapshots and the delivery ledger ------------------------------------------------
+
+    def add_snapshot(self, finess: str, cycle_time: datetime, counts: dict[str, BedCounts]) -> int:
+        payload = json.dumps(
+            {k: [c.installed, c.closed, c.available] for k, c in sorted(counts.items())}
+        )
+        with self.tx() as conn:
+            result = conn.execute(
+                insert(snapshots_t).values(finess=finess, cycle_time=cycle_time, counts=payload)
+            )
+            key = result.inserted_primary_key
+            assert key is not None  # noqa: S101 - an insert always has one
+            return int(key[0])
+
+    def add_file(
+        self,
+        destination: str,
+        file_name: str,
+        snapshot_id: int,
+        finess: str,
+        cycle_time: datetime,
+        size: int,
+        now: datetime,
+    ) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                insert(files_t).values(
+                    destination=destination,
+                    file_name=file_name,
+                    snapshot_id=snapshot_id,
+                    finess=finess,
+                    cycle_time=cycle_time,
+                    size=size,
+                    status=PENDING,
+                    attempts=0,
+                    last_error="",
+                    updated_at=now,
+                )
+            )
+
+    def files(self, destination: str, statuses: tuple[str, ...]) -> list[LedgerRow]:
+        q = (
+            select(files_t)
+            .where(files_t.c.destination == destination, files_t.c.status.in_(statuses))
+            .order_by(files_t.c.cycle_time, files_t.c.file_name)
+        )
+        with self.tx() as conn:
+            return [
+                LedgerRow(
+                    r.id,
+                    r.destination,
+                    r.file_name,
+                    r.snapshot_id,
+                    r.finess,
+                    r.cycle_time,
+                    r.size,
+                    r.status,
+                    r.attempts,
+                )
+                for r in conn.execute(q)
+            ]
+
+    def known_file_names(self, destination: str) -> set[str]:
+        with self.tx() as conn:
+            return set(
+                conn.execute(
+                    select(files_t.c.file_name).where(files_t.c.destination == destination)
+                ).scalars()
+            )
+
+    def set_file_status(
+        self, file_id: int, status: str, now: datetime, error: str = "", attempt: bool = False
+    ) -> None:
+        values: dict[str, Any] = {"status": status, "updated_at": now, "last_error": error}
+        if attempt:
+            values["attempts"] = files_t.c.attempts + 1
+        with self.tx() as conn:
+            conn.execute(update(files_t).where(files_t.c.id == file_id).values(**values))
+
+    def mark_delivered(self, row: LedgerRow, now: datetime, production: bool) -> None:
+        """Record a delivery; for a production destination, the units' last values sent."""
+        with self.tx() as conn:
+            conn.execute(
+                update(files_t)
+                .where(files_t.c.id == row.id)
+                .values(status=DELIVERED, updated_at=now, last_error="")
+            )
+            if not production:
+                return
+            counts = json.loads(
+                conn.execute(
+                    select(snapshots_t.c.counts).where(snapshots_t.c.id == row.snapshot_id)
+                ).scalar_one()
+            )
+            for ror_id, (installed, closed, available) in counts.items():
+                conn.execute(
+                    update(units_t)
+                    .where(
+                        units_t.c.finess == row.finess,
+                        units_t.c.ror_id == ror_id,
+                        # Never let an older delivery overwrite newer last values.
+                        (units_t.c.last_counts_at.is_(None))
+                        | (units_t.c.last_counts_at <= row.cycle_time),
+                    )
+                    .values(
+                        last_installed=installed,
+                        last_closed=closed,
+                        last_available=available,
+                        last_counts_at=row.cycle_time,
+                    )
+                )
+
+    def outbox_counts(self) -> dict[str, int]:
+        q = (
+            select(files_t.c.destination, func.count())
+            .where(files_t.c.status.in_((PENDING, UPLOADING)))
+            .group_by(files_t.c.destination)
+        )
+        with self.tx() as conn:
+            return {d: int(n) for d, n in conn.execute(q)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening, creating, migrating
+
+# Migrations from version N to N+1, as functions of a connection. Each keeps every row.
+MIGRATIONS: dict[int, Any] = {}
+
+
+def open_store(url: str) -> Store:
+    """Open (creating or upgrading as needed) the state store at `url`."""
+    try:
+        engine = create_engine(url, future=True)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise StateError(f"state store {url}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database or ""
+        if database and not database.startswith(":"):
+            # The default store lives in work_dir, which a fresh install may not have yet.
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    store = Store(engine)
+    try:
+        _prepare(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise StateError(f"state store {engine.url!r}: {exc.__class__.__name__}: {exc}") from exc
+    return store
+
+
+def _prepare(engine: Engine) -> None:
+    with engine.begin() as conn:
+        tables = set(inspect(conn).get_table_names())
+        if meta_t.name not in tables:
+            metadata.create_all(conn)
+            conn.execute(insert(meta_t).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        version = int(
+            conn.execute(
+                select(meta_t.c.value).where(meta_t.c.key == "schema_version")
+            ).scalar_one()
+        )
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"state store {engine.url!r} was written by a newer rorfeed (schema "
+                f"{version}, this one knows {SCHEMA_VERSION}): upgrade rorfeed; the store "
+                "was left untouched"
+            )
+        while version < SCHEMA_VERSION:
+            MIGRATIONS[version](conn)
+            version += 1
+            conn.execute(
+                update(meta_t).where(meta_t.c.key == "schema_version").values(value=str(version))
+            )

@@ -1,0 +1,118 @@
+"""State store (SPEC §8): schema version, mapping changes audited, ledger, survives reopening."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from rorfeed.errors import StateError
+from rorfeed.model import BedCounts, MappedUnit, Mode
+from rorfeed.state import SCHEMA_VERSION, open_store
+
+T0 = datetime(2026, 11, 23, 13, 5, tzinfo=UTC)
+
+
+def units(*items: tuple[str, str, str, Mode]) -> tuple[MappedUnit, ...]:
+    return tuple(
+        MappedUnit(code, ror, label, mode, i + 2)
+        for i, (code, ror, label, mode) in enumerate(items)
+    )
+
+
+def test_first_reading_adds_every_unit_with_its_declared_mode(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    entries = store.sync_mapping(
+        "750712184", units(("A", "R1", "Réa", Mode.AUTO), ("", "R2", "Palliatifs", Mode.MANUAL)), T0
+    )
+    assert [(e.actor, e.action, e.ror_id, e.new) for e in entries] == [
+        ("rorfeed", "mapping", "R1", "added (auto)"),
+        ("rorfeed", "mapping", "R2", "added (manual)"),
+    ]
+    states = {u.ror_id: u for u in store.units()}
+    assert states["R1"].mode is Mode.AUTO and states["R1"].sendable
+    assert states["R2"].mode is Mode.MANUAL and not states["R2"].sendable
+    # Reading the same mapping again changes nothing and writes nothing.
+    assert (
+        store.sync_mapping(
+            "750712184",
+            units(("A", "R1", "Réa", Mode.AUTO), ("", "R2", "Palliatifs", Mode.MANUAL)),
+            T0,
+        )
+        == []
+    )
+
+
+def test_mapping_changes_are_audited_and_redeclared_manual_switches(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.sync_mapping(
+        "750712184", units(("A", "R1", "Réa", Mode.AUTO), ("B", "R2", "Med", Mode.AUTO)), T0
+    )
+    entries = store.sync_mapping("750712184", units(("A2", "R1", "Réa", Mode.MANUAL)), T0)
+    assert [(e.action, e.ror_id, e.previous, e.new) for e in entries] == [
+        ("mapping", "R1", "A (Réa)", "A2 (Réa)"),
+        ("mapping", "R1", "declared auto", "declared manual"),
+        ("unit_mode", "R1", "auto", "manual"),
+        ("mapping", "R2", "mapped", "removed"),
+    ]
+    states = {u.ror_id: u for u in store.units()}
+    assert states["R1"].mode is Mode.MANUAL
+    assert not states["R2"].in_mapping
+    # Re-declaring auto does not switch it back: a person does.
+    store.sync_mapping("750712184", units(("A2", "R1", "Réa", Mode.AUTO)), T0)
+    assert store.units()[0].mode is Mode.MANUAL
+    assert [e.reason for e in store.history("R1", limit=1)] == ["re-declared, mapping line 2"]
+
+
+def test_streaks_grow_on_rejection_and_reset_on_acceptance(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.sync_mapping("750712184", units(("A", "R1", "Réa", Mode.AUTO)), T0)
+    store.record_verdicts("750712184", {"R1": ("count_missing",)}, {})
+    store.record_verdicts("750712184", {"R1": ("unit_missing",)}, {})
+    unit = store.units()[0]
+    assert (unit.streak, unit.last_rules) == (2, ("unit_missing",))
+    store.record_verdicts("750712184", {}, {"R1": 12})
+    unit = store.units()[0]
+    assert (unit.streak, unit.last_accepted_installed) == (0, 12)
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = open_store(url)
+    store.sync_mapping("750712184", units(("A", "R1", "Réa", Mode.AUTO)), T0)
+    sid = store.add_snapshot("750712184", T0, {"R1": BedCounts(10, 1, 2)})
+    store.add_file("d", "f.xml", sid, "750712184", T0, 100, T0)
+    store.engine.dispose()
+    again = open_store(url)
+    assert [u.ror_id for u in again.units()] == ["R1"]
+    assert again.outbox_counts() == {"d": 1}
+    assert again.units()[0].mode_since == T0
+
+
+def test_state_from_a_newer_rorfeed_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    open_store(url).engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE rorfeed_meta SET value = :v"), {"v": str(SCHEMA_VERSION + 1)})
+    before = (tmp_path / "state.db").read_bytes()
+    with pytest.raises(StateError, match="newer rorfeed"):
+        open_store(url)
+    assert (tmp_path / "state.db").read_bytes() == before
+
+
+def test_state_store_works_on_postgresql(pg_server: object) -> None:
+    url = pg_server.create_db("state_test")  # type: ignore[attr-defined]
+    store = open_store(url)
+    store.sync_mapping("750712184", units(("A", "R1", "Réa", Mode.AUTO)), T0)
+    store.record_verdicts("750712184", {"R1": ("count_missing",)}, {})
+    assert store.units()[0].streak == 1
+    assert store.units()[0].mode_since == T0
+    store.engine.dispose()
+    again = open_store(url)
+    try:
+        assert again.history()[0].new == "added (auto)"
+    finally:
+        again.engine.dispose()
