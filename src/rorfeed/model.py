@@ -77,3 +77,42 @@ class Snapshot:
 
     def sorted_units(self) -> tuple[UnitRecord, ...]:
         return tuple(sorted(self.units, key=lambda u: u.ror_id))
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRef:
+    """A unit as the bed-management cell must see it named: with what the ROR still shows."""
+
+    finess: str
+    establishment: str
+    ror_id: str
+    local_code: str
+    label: str
+    last_counts: BedCounts | None  # the last values sent to the ROR (production), if any
+    last_counts_at: datetime | None  # the cycle time of those values
+
+
+@dataclass(frozen=True, slots=True)
+class UnitModeEvent:
+    """A unit switched between automated and manual (or removed from the mapping)."""
+
+    unit: UnitRef
+    previous: Mode
+    new: Mode
+    reason: str
+    actor: str
+    at: datetime
+    removed: bool = False  # left the mapping: reported to the cell like a switch to manual
+
+
+@dataclass(frozen=True, slots=True)
+class KillswitchEvent:
+    """An establishment's (or the global, finess None) automated feed stopped or resumed."""
+
+    finess: str | None
+    establishment: str | None
+    on: bool
+    reason: str
+    actor: str
+    at: datetime
+    units: tuple[UnitRef, ...] = ()  # the units whose feed this stops or resumes

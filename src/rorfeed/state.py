@@ -165,6 +165,20 @@ files_t = Table(
     UniqueConstraint("destination", "file_name"),
 )
 
+# E-mails to the bed-management cell wait here until the SMTP relay takes them: a failed
+# send is retried at the next cycles and never blocks one.
+emails_t = Table(
+    "emails",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=False, default=""),
+)
+
 PENDING, UPLOADING, DELIVERED = "pending", "uploading", "delivered"
 UNCERTAIN, SUPERSEDED, EXPIRED = "uncertain", "superseded", "expired"
 
@@ -213,6 +227,15 @@ class CycleRow:
     sent: int
     rejected: int
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EmailRow:
+    id: int
+    created_at: datetime
+    subject: str
+    body: str
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -697,6 +720,41 @@ class Store:
         )
         with self.tx() as conn:
             return {d: int(n) for d, n in conn.execute(q)}
+
+
+    # -- e-mails to the bed-management cell -----------------------------------------------
+
+    def queue_email(self, subject: str, body: str, now: datetime) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                insert(emails_t).values(
+                    created_at=now, subject=subject, body=body, attempts=0, last_error=""
+                )
+            )
+
+    def pending_emails(self) -> list[EmailRow]:
+        q = select(emails_t).where(emails_t.c.sent_at.is_(None)).order_by(emails_t.c.id)
+        with self.tx() as conn:
+            return [
+                EmailRow(r.id, r.created_at, r.subject, r.body, r.attempts)
+                for r in conn.execute(q)
+            ]
+
+    def email_sent(self, email_id: int, now: datetime) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                update(emails_t)
+                .where(emails_t.c.id == email_id)
+                .values(sent_at=now, attempts=emails_t.c.attempts + 1, last_error="")
+            )
+
+    def email_failed(self, email_id: int, error: str) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                update(emails_t)
+                .where(emails_t.c.id == email_id)
+                .values(attempts=emails_t.c.attempts + 1, last_error=error)
+            )
 
 
 # ---------------------------------------------------------------------------------------------
