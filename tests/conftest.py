@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.pg", "tests.sshd"]
+pytest_plugins = ["tests.pg", "tests.sshd", "tests.smtp"]

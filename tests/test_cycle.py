@@ -158,7 +158,9 @@ def test_stale_csv_export_is_rejected_and_nothing_is_sent(
     os.utime(site / "export.csv", (old, old))
     assert run(site, "run-once") == 0
     assert delivered(site) == []
-    assert "rejected by updated_at_stale: 3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rejected by updated_at_stale: 3" in err
+    assert "kill-switch tripped, nothing sent" in err
 
 
 def test_cp1252_export_with_accented_unit_codes(site: Path) -> None:
@@ -178,7 +180,9 @@ def test_empty_source_rejects_every_mapped_unit_and_sends_no_file(
     write_export(site, [])
     assert run(site, "run-once") == 0
     assert delivered(site) == []
-    assert "rejected by unit_missing: 4" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rejected by unit_missing: 4" in err
+    assert "kill-switch tripped" in err
 
 
 def test_invalid_mapping_fails_the_cycle_and_sends_nothing(
@@ -245,7 +249,10 @@ def test_sqlite_source_relative_to_the_config_folder(tmp_path: Path) -> None:
     db = tmp_path / "beds.sqlite"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE t (u TEXT, i, c, a)")
-        conn.execute("INSERT INTO t VALUES ('REA', 10, 1, 2)")
+        conn.executemany(
+            "INSERT INTO t VALUES (?, ?, ?, ?)",
+            [("REA", 10, 1, 2), ("MED", 30, 0, 5), ("CHIR", 20, 2, 3), ("USC", 8, 0, 1)],
+        )
     conn.close()
     (tmp_path / "mapping.csv").write_text(MAPPING)
     (tmp_path / "rorfeed.toml").write_text(

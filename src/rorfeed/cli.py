@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,7 +22,8 @@ from rorfeed import config as config_mod
 from rorfeed.errors import ConfigError, RorfeedError, StateError
 
 if TYPE_CHECKING:
-    from rorfeed.config import Config
+    from rorfeed.config import Config, EmergencyConfig
+    from rorfeed.control import Control
     from rorfeed.cycle import CycleReport
     from rorfeed.state import Store
 
@@ -51,7 +53,46 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="folder for --dry-run files")
     status = sub.add_parser("status", help="last cycles, files waiting, kill-switch state")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    units = sub.add_parser("units", help="every mapped unit and its mode; switch units")
+    units.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    units_sub = units.add_subparsers(dest="units_command", parser_class=_Parser)
+    for mode, text in (
+        ("manual", "stop feeding units: manual entry in the ROR"),
+        ("auto", "feed units automatically again"),
+    ):
+        switch = units_sub.add_parser(mode, help=text)
+        switch.add_argument("unit", nargs="+", help="local code or ROR fiche id")
+        _change_arguments(switch)
+
+    kill = sub.add_parser("killswitch", help="stop or resume the automated feed")
+    kill.add_argument("position", choices=("on", "off"))
+    kill.add_argument("--establishment", metavar="FINESS", help="one establishment (default: all)")
+    _change_arguments(kill)
+
+    history = sub.add_parser("history", help="the audit trail, newest first")
+    history.add_argument("--unit", help="local code or ROR fiche id")
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--json", action="store_true", help="one JSON document on stdout")
     return parser
+
+
+def _change_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", required=True, help="why (mandatory, kept in the audit trail)")
+    parser.add_argument("--by", help="who (default: $SUDO_USER, else the current user)")
+
+
+def default_actor() -> str:
+    import getpass
+
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _is_emergency(args: argparse.Namespace) -> bool:
+    """`units manual` and `killswitch on` act even when the configuration is invalid."""
+    return bool(args.command == "units" and args.units_command == "manual") or bool(
+        args.command == "killswitch" and args.position == "on"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_mod.load(path)
     except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return EXIT_USAGE
+        if not _is_emergency(args):
+            print("\n".join(exc.problems), file=sys.stderr)
+            return EXIT_USAGE
+        return _emergency(config_mod.load_emergency(path, exc.problems), args)
     try:
         if args.command == "check":
             from rorfeed.check import run_checks
@@ -74,6 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_once(config, args.dry_run, args.output)
         if args.command == "status":
             return _status(config, args.json)
+        if args.command == "units" and args.units_command is None:
+            return _units(config, args.json)
+        if args.command == "history":
+            return _history(config, args.unit, args.limit, args.json)
+        if args.command in ("units", "killswitch"):
+            from rorfeed.control import Control, Directory
+            from rorfeed.notify import Notifier
+
+            directory = Directory(
+                {e.finess: e.name for e in config.file.establishments}, config.zone
+            )
+            control = Control(_open_store(config), directory, Notifier.from_config(config))
+            return _change(control, args)
     except StateError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -81,6 +137,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rorfeed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_USAGE
+
+
+def _emergency(partial: EmergencyConfig, args: argparse.Namespace) -> int:
+    from rorfeed.control import Control, Directory
+    from rorfeed.notify import Notifier
+    from rorfeed.state import open_store
+
+    try:
+        store = open_store(partial.state_url)
+        notifier = Notifier(partial.notify, partial.notify_password)
+        control = Control(store, Directory(partial.names, partial.zone), notifier)
+        code = _change(control, args, lenient_finess=True)
+    except RorfeedError as exc:
+        print(f"rorfeed: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
+    print(
+        "rorfeed: warning: the configuration is invalid (the emergency change was still made):",
+        file=sys.stderr,
+    )
+    for problem in partial.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return code
+
+
+def _change(control: Control, args: argparse.Namespace, lenient_finess: bool = False) -> int:
+    """`units manual|auto` and `killswitch on|off`, through the one implementation."""
+    from rorfeed.control import ControlError
+    from rorfeed.model import Mode
+
+    actor = args.by if args.by is not None else default_actor()
+    try:
+        if args.command == "units":
+            mode = Mode(args.units_command)
+            events = control.switch_units(args.unit, mode, args.reason, actor)
+            for e in events:
+                print(
+                    f"{e.unit.finess} {e.unit.ror_id} ({e.unit.local_code or '-'}, "
+                    f"{e.unit.label}): {e.previous.value} → {e.new.value}",
+                    file=sys.stderr,
+                )
+            print(
+                f"{len(events)} unit(s) switched to {mode.value}, "
+                f"{len(args.unit) - len(events)} already {mode.value}"
+                + (
+                    " — manual entry in the ROR is required for them from now on"
+                    if mode is Mode.MANUAL and events
+                    else ""
+                ),
+                file=sys.stderr,
+            )
+        else:
+            on = args.position == "on"
+            if lenient_finess and args.establishment:
+                control.directory.names.setdefault(args.establishment, args.establishment)
+            event = control.killswitch(args.establishment, on, args.reason, actor)
+            scope = args.establishment or "all establishments"
+            if event is None:
+                print(f"kill-switch of {scope} already {args.position}", file=sys.stderr)
+            else:
+                print(
+                    f"kill-switch of {scope} turned {args.position}"
+                    + (" — manual entry in the ROR is required" if on else ""),
+                    file=sys.stderr,
+                )
+    except ControlError as exc:
+        print(f"rorfeed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    control.flush_notifications()
+    return EXIT_OK
 
 
 def _open_store(config: Config, *, read_only_if_missing: bool = False) -> Store:
@@ -130,7 +255,9 @@ def format_summary(report: CycleReport) -> str:
     lines = [f"Cycle {report.cycle_time.isoformat()} — {report.outcome}"]
     for e in report.establishments:
         head = f"  {e.name} ({e.finess}): "
-        if e.status in ("source_down", "mapping_error", "killswitch"):
+        if e.status in ("source_down", "mapping_error") or (
+            e.status == "killswitch" and not e.rejected
+        ):
             what = {
                 "source_down": "source unreachable",
                 "mapping_error": "mapping invalid",
@@ -141,6 +268,7 @@ def format_summary(report: CycleReport) -> str:
         lines.append(
             head + f"{e.sent} sent, {e.rejected_count} rejected, {e.manual} manual, "
             f"{len(e.unmapped)} unmapped, {len(e.files)} files"
+            + (" — kill-switch tripped, nothing sent" if e.status == "killswitch" else "")
         )
         for rule, n in sorted(e.rejected.items()):
             lines.append(f"    rejected by {rule}: {n}")
@@ -232,6 +360,126 @@ def _status(config: Config, as_json: bool) -> int:
                 f"{', '.join(u.last_rules)}"
             )
     return EXIT_OK
+
+
+def _units(config: Config, as_json: bool) -> int:
+    store = _open_store(config)
+    names = {e.finess: e.name for e in config.file.establishments}
+    units = [u for u in store.units() if u.in_mapping]
+    doc = [
+        {
+            "finess": u.finess,
+            "establishment": names.get(u.finess, u.finess),
+            "local_code": u.local_code,
+            "ror_id": u.ror_id,
+            "label": u.label,
+            "mode": u.mode.value,
+            "mode_since": _iso(u.mode_since, config),
+            "mode_reason": u.mode_reason,
+            "declared_manual": u.declared_mode.value == "manual",
+            "last_counts": None
+            if u.last_counts is None
+            else {
+                "installed": u.last_counts.installed,
+                "closed": u.last_counts.closed,
+                "available": u.last_counts.available,
+            },
+            "last_counts_at": _iso(u.last_counts_at, config),
+            "streak": u.streak,
+        }
+        for u in units
+    ]
+    if as_json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    rows = [
+        [
+            u.finess,
+            u.local_code or "-",
+            u.ror_id,
+            u.label,
+            ("MANUEL" if u.mode.value == "manual" else "auto")
+            + (" (mapping)" if u.declared_mode.value == "manual" else ""),
+            _short(_iso(u.mode_since, config)),
+            u.mode_reason,
+            "-"
+            if u.last_counts is None
+            else f"{u.last_counts.installed}/{u.last_counts.closed}/{u.last_counts.available}",
+            _short(_iso(u.last_counts_at, config)),
+            str(u.streak),
+        ]
+        for u in units
+    ]
+    header = [
+        "FINESS",
+        "LOCAL",
+        "ROR ID",
+        "LABEL",
+        "MODE",
+        "SINCE",
+        "WHY",
+        "LAST SENT I/C/A",
+        "SENT AT",
+        "STREAK",
+    ]
+    print(_table(header, rows))
+    manual = sum(1 for u in units if u.mode.value == "manual")
+    print(f"{len(doc)} unit(s), {manual} in manual mode", file=sys.stderr)
+    return EXIT_OK
+
+
+def _history(config: Config, unit: str | None, limit: int, as_json: bool) -> int:
+    store = _open_store(config)
+    entries = store.history(unit, limit)
+    doc = [
+        {
+            "at": _iso(e.at, config),
+            "actor": e.actor,
+            "action": e.action,
+            "finess": e.finess,
+            "ror_id": e.ror_id,
+            "local_code": e.local_code,
+            "previous": e.previous,
+            "new": e.new,
+            "reason": e.reason,
+        }
+        for e in entries
+    ]
+    if as_json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    rows = [
+        [
+            _short(d["at"]),
+            str(d["actor"]),
+            str(d["action"]),
+            str(d["finess"] or "*"),
+            str(d["ror_id"] or "-"),
+            f"{d['previous'] or '-'} → {d['new'] or '-'}",
+            str(d["reason"]),
+        ]
+        for d in doc
+    ]
+    print(_table(["AT", "WHO", "ACTION", "FINESS", "ROR ID", "CHANGE", "WHY"], rows))
+    print(f"{len(doc)} entr{'y' if len(doc) == 1 else 'ies'}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _short(iso: object) -> str:
+    """A table cell for a time: local date and minute, the offset kept (never a relative age)."""
+    if not isinstance(iso, str):
+        return "-"
+    return iso[:16].replace("T", " ") + iso[19:]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

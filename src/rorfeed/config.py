@@ -349,13 +349,13 @@ def load(path: Path) -> Config:
 
 
 def _read_secret(
-    config: Config, key: str, file_value: str, env_value: str, problems: list[str]
+    base_dir: Path, key: str, file_value: str, env_value: str, problems: list[str]
 ) -> str | None:
     if file_value and env_value:
         problems.append(f"{key}_file, {key}_env: both set — keep one")
         return None
     if file_value:
-        p = config.resolve(file_value)
+        p = base_dir / file_value  # an absolute file_value stays absolute
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
@@ -412,7 +412,11 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
         src = est.source
         if isinstance(src, SqlSourceSection):
             secret = _read_secret(
-                config, f"{key}.source.password", src.password_file, src.password_env, problems
+                config.base_dir,
+                f"{key}.source.password",
+                src.password_file,
+                src.password_env,
+                problems,
             )
             if secret is not None:
                 secrets[f"{key}.source.password"] = secret
@@ -436,7 +440,11 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
             _check_file(config, f"{key}.private_key", dest.private_key, problems)
             _check_file(config, f"{key}.known_hosts", dest.known_hosts, problems)
             secret = _read_secret(
-                config, f"{key}.passphrase", dest.passphrase_file, dest.passphrase_env, problems
+                config.base_dir,
+                f"{key}.passphrase",
+                dest.passphrase_file,
+                dest.passphrase_env,
+                problems,
             )
             if secret is not None:
                 secrets[f"{key}.passphrase"] = secret
@@ -450,7 +458,11 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
             problems.append("web.tls_cert, web.tls_key: set both or neither")
     if f.notify:
         secret = _read_secret(
-            config, "notify.password", f.notify.password_file, f.notify.password_env, problems
+            config.base_dir,
+            "notify.password",
+            f.notify.password_file,
+            f.notify.password_env,
+            problems,
         )
         if secret is not None:
             secrets["notify.password"] = secret
@@ -504,3 +516,70 @@ def config_path(cli_value: str | None) -> Path:
         return Path(cli_value)
     env = os.environ.get("RORFEED_CONFIG")
     return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+# ---------------------------------------------------------------------------------------------
+# The emergency path: `units manual` and `killswitch on` must act whenever the state store can
+# be reached, even when other parts of the configuration are invalid.
+
+
+@dataclass(frozen=True)
+class EmergencyConfig:
+    """The least the emergency commands need, read as leniently as the file allows."""
+
+    path: Path
+    state_url: str
+    names: dict[str, str]  # FINESS → establishment name, of every readable establishment
+    zone: zoneinfo.ZoneInfo
+    notify: NotifySection | None
+    notify_password: str | None
+    problems: list[str]  # why the full configuration did not load: reported as warnings
+
+
+def load_emergency(path: Path, problems: list[str]) -> EmergencyConfig:
+    path = path.absolute()
+    try:
+        raw = parse_toml(path)
+    except ConfigError:
+        raw = {}
+    daemon_raw = raw.get("daemon") if isinstance(raw.get("daemon"), dict) else {}
+    try:
+        daemon = DaemonSection.model_validate(daemon_raw)
+    except ValidationError:
+        # Keep whatever locates the state store; the rest falls back to its default.
+        daemon = DaemonSection.model_validate(
+            {
+                k: v
+                for k, v in (daemon_raw or {}).items()
+                if k in ("work_dir", "state_url") and isinstance(v, str)
+            }
+        )
+    try:
+        zone = zoneinfo.ZoneInfo(daemon.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zone = zoneinfo.ZoneInfo("Europe/Paris")
+    names: dict[str, str] = {}
+    establishments = raw.get("establishments")
+    for est in establishments if isinstance(establishments, list) else []:
+        if isinstance(est, dict) and isinstance(est.get("finess"), str):
+            names[est["finess"]] = str(est.get("name") or est["finess"])
+    notify: NotifySection | None = None
+    password: str | None = None
+    if isinstance(raw.get("notify"), dict):
+        try:
+            notify = NotifySection.model_validate(raw["notify"])
+        except ValidationError:
+            notify = None
+    if notify is not None and (notify.password_file or notify.password_env):
+        password = _read_secret(
+            path.parent, "notify.password", notify.password_file, notify.password_env, []
+        )
+    return EmergencyConfig(
+        path=path,
+        state_url=state_url_of(daemon, path.parent),
+        names=names,
+        zone=zone,
+        notify=notify,
+        notify_password=password,
+        problems=problems,
+    )

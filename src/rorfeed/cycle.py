@@ -21,9 +21,17 @@ import structlog
 
 from rorfeed import pivot
 from rorfeed.config import Config, EstablishmentSection
+from rorfeed.control import Control, Directory
 from rorfeed.errors import MappingError, SourceError
+from rorfeed.killswitch import (
+    Thresholds,
+    rejected_share_trips,
+    units_to_switch,
+    unreachable_trips,
+)
 from rorfeed.mapping import Mapping, parse_mapping
 from rorfeed.model import Extraction, MappedUnit, Snapshot, SourceRow, UnitRecord
+from rorfeed.notify import Notifier
 from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
 from rorfeed.rules import RuleOptions, Verdict, check_unit
 from rorfeed.sources import open_source
@@ -150,6 +158,16 @@ class Cycle:
         self.store = store
         self.clock = clock
         self.outbox = Outbox(config.work_dir, store)
+        self.control = Control(
+            store,
+            Directory({e.finess: e.name for e in config.file.establishments}, config.zone),
+            Notifier.from_config(config),
+            clock,
+        )
+        r = config.file.rules
+        self.thresholds = Thresholds(
+            r.manual_after_cycles, r.killswitch_after_cycles, r.killswitch_rejected_share
+        )
 
     def run(self, cycle_time: datetime, dry_run_dir: Path | None = None) -> CycleReport:
         started = time.monotonic()
@@ -164,6 +182,8 @@ class Cycle:
         if dry_run_dir is None:
             report.deliveries = self._deliver()
             self.outbox.purge_archive(self.config.file.daemon.archive_days)
+            # E-mails never block a cycle: a relay that is down keeps them for the next one.
+            self.control.flush_notifications()
         report.duration = time.monotonic() - started
         if dry_run_dir is None:
             self.store.record_cycle(
@@ -206,7 +226,13 @@ class Cycle:
             bound.error("mapping_invalid", error=str(exc))
             return rep
         if not dry:
-            self.store.sync_mapping(est.finess, mapping.units, self.clock())
+            entries = self.store.sync_mapping(est.finess, mapping.units, self.clock())
+            removed = {e.ror_id for e in entries if e.new == "removed"}
+            if removed:
+                self.control.notify_removed(
+                    [u for u in self.store.units(est.finess) if u.ror_id in removed],
+                    "fiche retirée du mapping",
+                )
         known = {u.ror_id: u for u in self.store.units(est.finess)}
         states = effective_states(est.finess, mapping, known, self.clock())
         sendable = [m for m in mapping.units if states[m.ror_id].sendable]
@@ -220,9 +246,14 @@ class Cycle:
             extraction = open_source(self.config, index).fetch()
         except SourceError as exc:
             rep.status, rep.error = "source_down", str(exc)
-            if not dry:
-                self.store.source_unreachable(est.finess, down=True)
             bound.error("source_down", error=str(exc))
+            if not dry:
+                streak = self.store.source_unreachable(est.finess, down=True)
+                if unreachable_trips(streak, self.thresholds):
+                    self.control.auto_killswitch(
+                        est.finess,
+                        f"source injoignable {streak} cycles consécutifs : {exc}",
+                    )
             return rep
         if not dry:
             self.store.source_unreachable(est.finess, down=False)
@@ -248,6 +279,16 @@ class Cycle:
                 rep.rejected_units,
                 {r.ror_id: r.counts.installed for r in accepted},
             )
+            self._apply_decisions(est.finess, verdicts)
+            if rejected_share_trips(len(rep.rejected_units), len(sendable), self.thresholds):
+                self.control.auto_killswitch(
+                    est.finess,
+                    f"{len(rep.rejected_units)} unités rejetées sur {len(sendable)} "
+                    "automatisées dans le même cycle",
+                )
+                rep.status = "killswitch"
+                bound.error("killswitch_tripped", rejected=len(rep.rejected_units))
+                return rep
         if not accepted:
             rep.status = "nothing_to_send"
             bound.warning("nothing_to_send", rejected=rep.rejected_count)
@@ -265,6 +306,20 @@ class Cycle:
             files=len(rep.files),
         )
         return rep
+
+    def _apply_decisions(self, finess: str, verdicts: dict[str, Verdict]) -> None:
+        """Units rejected for too many consecutive cycles leave the feed (SPEC §6)."""
+        rejected = {ror for ror, v in verdicts.items() if v.record is None}
+        states = [u for u in self.store.units(finess) if u.ror_id in rejected]
+        due = set(units_to_switch({u.ror_id: u.streak for u in states}, self.thresholds))
+        for unit in (u for u in states if u.ror_id in due):
+            verdict = verdicts[unit.ror_id]
+            raw = ", ".join(f"{k}={v!r}" for k, v in verdict.raw.items()) or "aucune"
+            self.control.auto_switch_to_manual(
+                [unit],
+                f"rejetée {unit.streak} cycles consécutifs ({', '.join(verdict.rejected)}) ; "
+                f"dernières valeurs lues : {raw}",
+            )
 
     def _judge(
         self,
@@ -373,4 +428,3 @@ def _cycle_detail(report: CycleReport) -> dict[str, object]:
             for d in report.deliveries
         },
     }
-

@@ -542,6 +542,107 @@ class Store:
         with self.tx() as conn:
             return {r.finess: bool(r.killswitch) for r in conn.execute(select(establishments_t))}
 
+    def killswitch_details(self) -> dict[str, tuple[bool, datetime | None, str]]:
+        """finess (or GLOBAL) → (on, since, reason)."""
+        with self.tx() as conn:
+            return {
+                r.finess: (bool(r.killswitch), r.killswitch_since, r.killswitch_reason)
+                for r in conn.execute(select(establishments_t))
+            }
+
+    def set_killswitch(self, finess: str, on: bool, reason: str, actor: str, now: datetime) -> bool:
+        """Turn the kill-switch of `finess` (or GLOBAL) on or off, with its audit entry.
+
+        Returns False (and writes nothing) when it already was in that position. Turning it
+        off starts the establishment's counts afresh.
+        """
+        with self.tx() as conn:
+            self._ensure_establishment(conn, finess)
+            current = conn.execute(
+                select(establishments_t.c.killswitch).where(establishments_t.c.finess == finess)
+            ).scalar_one()
+            if bool(current) == on:
+                return False
+            values: dict[str, Any] = {
+                "killswitch": on,
+                "killswitch_since": now,
+                "killswitch_reason": reason,
+            }
+            if not on:
+                values["unreachable_streak"] = 0
+            conn.execute(
+                update(establishments_t).where(establishments_t.c.finess == finess).values(**values)
+            )
+            self._audit(
+                conn,
+                now,
+                actor,
+                "killswitch",
+                None if finess == GLOBAL else finess,
+                None,
+                None,
+                "on" if current else "off",
+                "on" if on else "off",
+                reason,
+            )
+            return True
+
+    def set_units_mode(
+        self,
+        targets: list[tuple[str, str]],
+        mode: Mode,
+        reason: str,
+        actor: str,
+        now: datetime,
+    ) -> list[UnitState]:
+        """Switch the units `(finess, ror_id)` to `mode` in one transaction, audited.
+
+        Returns the units as they were before, for those that actually changed. Refuses
+        (StateError, nothing changed) to put a fiche declared manual back to automated.
+        """
+        changed: list[UnitState] = []
+        with self.tx() as conn:
+            for finess, ror_id in targets:
+                row = conn.execute(
+                    select(units_t).where(units_t.c.finess == finess, units_t.c.ror_id == ror_id)
+                ).first()
+                if row is None:
+                    raise StateError(f"unit {finess} {ror_id} is not in the state store")
+                before = _unit_state(row)
+                if mode is Mode.AUTO and before.declared_mode is Mode.MANUAL:
+                    raise StateError(
+                        f"fiche {ror_id} ({before.label}) is declared manual in the mapping: "
+                        "change its mode column there first"
+                    )
+                if before.mode is mode:
+                    continue
+                values: dict[str, Any] = {
+                    "mode": mode.value,
+                    "mode_since": now,
+                    "mode_reason": reason,
+                }
+                if mode is Mode.AUTO:
+                    values["streak"] = 0  # back to automated: a fresh streak
+                conn.execute(
+                    update(units_t)
+                    .where(units_t.c.finess == finess, units_t.c.ror_id == ror_id)
+                    .values(**values)
+                )
+                self._audit(
+                    conn,
+                    now,
+                    actor,
+                    "unit_mode",
+                    finess,
+                    ror_id,
+                    before.local_code,
+                    before.mode.value,
+                    mode.value,
+                    reason,
+                )
+                changed.append(before)
+        return changed
+
     def source_unreachable(self, finess: str, down: bool) -> int:
         """Count a cycle whose source was (not) reachable; return the current streak."""
         with self.tx() as conn:
@@ -721,7 +822,6 @@ class Store:
         with self.tx() as conn:
             return {d: int(n) for d, n in conn.execute(q)}
 
-
     # -- e-mails to the bed-management cell -----------------------------------------------
 
     def queue_email(self, subject: str, body: str, now: datetime) -> None:
@@ -736,8 +836,7 @@ class Store:
         q = select(emails_t).where(emails_t.c.sent_at.is_(None)).order_by(emails_t.c.id)
         with self.tx() as conn:
             return [
-                EmailRow(r.id, r.created_at, r.subject, r.body, r.attempts)
-                for r in conn.execute(q)
+                EmailRow(r.id, r.created_at, r.subject, r.body, r.attempts) for r in conn.execute(q)
             ]
 
     def email_sent(self, email_id: int, now: datetime) -> None:

@@ -1,0 +1,210 @@
+"""The operations that change modes and kill-switches, one implementation for every door.
+
+The CLI (`units manual|auto`, `killswitch on|off`), the web page and the cycle (applying the
+decisions of killswitch.py) all call `Control`: the audit entry (written with the change, in
+one transaction), the e-mail to the bed-management cell and the log line are the same
+whichever door was used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+
+import structlog
+
+from rorfeed.errors import RorfeedError
+from rorfeed.model import KillswitchEvent, Mode, UnitModeEvent, UnitRef
+from rorfeed.notify import Notifier, compose_killswitch, compose_unit_changes
+from rorfeed.state import ACTOR_RORFEED, GLOBAL, Store, UnitState
+
+log = structlog.get_logger("rorfeed.control")
+
+
+class ControlError(RorfeedError):
+    """A change was refused (unknown unit, missing reason, …); nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Directory:
+    """What control needs to know of the configuration: establishment names, the zone."""
+
+    names: dict[str, str]  # FINESS → establishment name
+    zone: tzinfo
+
+    def name(self, finess: str) -> str:
+        return self.names.get(finess, finess)
+
+
+def unit_ref(state: UnitState, directory: Directory) -> UnitRef:
+    return UnitRef(
+        finess=state.finess,
+        establishment=directory.name(state.finess),
+        ror_id=state.ror_id,
+        local_code=state.local_code,
+        label=state.label,
+        last_counts=state.last_counts,
+        last_counts_at=state.last_counts_at,
+    )
+
+
+def check_actor(actor: str) -> str:
+    actor = actor.strip()
+    if not actor:
+        raise ControlError("the person making the change must be named (--by)")
+    if actor == ACTOR_RORFEED:
+        raise ControlError(f'"{ACTOR_RORFEED}" is reserved for rorfeed\'s own automatic changes')
+    return actor
+
+
+class Control:
+    def __init__(
+        self,
+        store: Store,
+        directory: Directory,
+        notifier: Notifier | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.directory = directory
+        self.notifier = notifier
+        self.clock = clock
+
+    # -- resolution -----------------------------------------------------------------------
+
+    def resolve(self, keys: Sequence[str], finess: str | None = None) -> list[UnitState]:
+        """Units by ROR id or local code; every key must name exactly one mapped unit."""
+        units = [u for u in self.store.units(finess) if u.in_mapping]
+        found: list[UnitState] = []
+        problems = []
+        for raw_key in keys:
+            key = raw_key.strip()
+            by_id = [u for u in units if u.ror_id == key]
+            matches = by_id or [u for u in units if u.local_code and u.local_code == key]
+            if not matches:
+                problems.append(
+                    f"unknown unit {key!r}: not a ROR fiche id or local code of the mapping"
+                )
+            elif len(matches) > 1:
+                where = ", ".join(f"{u.finess}/{u.ror_id}" for u in matches)
+                problems.append(f"unit {key!r} is ambiguous ({where}): use the ROR fiche id")
+            elif matches[0] not in found:
+                found.append(matches[0])
+        if problems:
+            raise ControlError("; ".join(problems) + " — nothing changed")
+        return found
+
+    # -- units ----------------------------------------------------------------------------
+
+    def switch_units(
+        self, keys: Sequence[str], mode: Mode, reason: str, actor: str
+    ) -> list[UnitModeEvent]:
+        """A person switches units; returns the changes made (already-in-mode units skipped)."""
+        reason = _reason(reason)
+        return self._switch(self.resolve(keys), mode, reason, check_actor(actor))
+
+    def auto_switch_to_manual(self, units: Sequence[UnitState], reason: str) -> list[UnitModeEvent]:
+        """rorfeed's own switch of persistently rejected units (never back to automated)."""
+        return self._switch(list(units), Mode.MANUAL, reason, ACTOR_RORFEED)
+
+    def _switch(
+        self, units: list[UnitState], mode: Mode, reason: str, actor: str
+    ) -> list[UnitModeEvent]:
+        now = self.clock()
+        try:
+            before = self.store.set_units_mode(
+                [(u.finess, u.ror_id) for u in units], mode, reason, actor, now
+            )
+        except RorfeedError as exc:
+            raise ControlError(f"{exc} — nothing changed") from exc
+        events = [
+            UnitModeEvent(unit_ref(u, self.directory), u.mode, mode, reason, actor, now)
+            for u in before
+        ]
+        for e in events:
+            log.warning(
+                "unit_mode_changed",
+                finess=e.unit.finess,
+                ror_id=e.unit.ror_id,
+                local_code=e.unit.local_code,
+                previous=e.previous.value,
+                new=e.new.value,
+                actor=actor,
+                reason=reason,
+            )
+        if events:
+            self._notify_units(events)
+        return events
+
+    def notify_removed(self, units: Sequence[UnitState], reason: str) -> None:
+        """A unit removed from the mapping is reported to the cell like a switch to manual."""
+        now = self.clock()
+        events = [
+            UnitModeEvent(
+                unit_ref(u, self.directory),
+                u.mode,
+                Mode.MANUAL,
+                reason,
+                ACTOR_RORFEED,
+                now,
+                removed=True,
+            )
+            for u in units
+        ]
+        if events:
+            self._notify_units(events)
+
+    def _notify_units(self, events: list[UnitModeEvent]) -> None:
+        if self.notifier is None:
+            return
+        for subject, body in compose_unit_changes(events, self.directory.zone):
+            self.notifier.queue(self.store, subject, body, self.clock())
+
+    # -- kill-switch ----------------------------------------------------------------------
+
+    def killswitch(
+        self, finess: str | None, on: bool, reason: str, actor: str
+    ) -> KillswitchEvent | None:
+        """A person turns a kill-switch on or off; None when it already was so."""
+        if finess is not None and finess not in self.directory.names:
+            raise ControlError(f"unknown establishment FINESS {finess} — nothing changed")
+        return self._killswitch(finess, on, _reason(reason), check_actor(actor))
+
+    def auto_killswitch(self, finess: str, reason: str) -> KillswitchEvent | None:
+        return self._killswitch(finess, True, reason, ACTOR_RORFEED)
+
+    def _killswitch(
+        self, finess: str | None, on: bool, reason: str, actor: str
+    ) -> KillswitchEvent | None:
+        now = self.clock()
+        if not self.store.set_killswitch(finess or GLOBAL, on, reason, actor, now):
+            return None
+        units = tuple(unit_ref(u, self.directory) for u in self.store.units(finess) if u.sendable)
+        event = KillswitchEvent(
+            finess,
+            self.directory.name(finess) if finess else None,
+            on,
+            reason,
+            actor,
+            now,
+            units,
+        )
+        log.warning(
+            "killswitch_changed", finess=finess or GLOBAL, on=on, actor=actor, reason=reason
+        )
+        if self.notifier is not None:
+            subject, body = compose_killswitch(event, self.directory.zone)
+            self.notifier.queue(self.store, subject, body, now)
+        return event
+
+    def flush_notifications(self) -> None:
+        if self.notifier is not None:
+            self.notifier.flush(self.store, self.clock())
+
+
+def _reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise ControlError("a reason is mandatory for every change (--reason)")
+    return reason
