@@ -16,6 +16,7 @@ from rorfeed.config import load
 from rorfeed.cycle import Cycle, CycleReport
 from rorfeed.model import Mode
 from rorfeed.state import open_store
+from tests.smtp import SmtpServer, free_port
 from tests.test_cycle import CONFIG, MAPPING, write_export
 
 T0 = datetime.now(UTC).replace(microsecond=0, second=0) - timedelta(hours=12)
@@ -312,3 +313,50 @@ def test_two_processes_switching_at_once_lose_no_entry(site: Path) -> None:
         (who, f"r{i}") for who in ("p1", "p2") for i in range(8)
     )
     assert {u.ror_id: u.mode for u in store.units()}["52/100"] is Mode.AUTO
+
+
+NOTIFY = """
+[notify]
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+starttls = false
+sender = "rorfeed@hopital.test"
+recipients = ["cellule.lits@hopital.test"]
+"""
+
+
+def test_switch_by_cli_and_automatic_switch_email_the_cell(site: Path, smtp: SmtpServer) -> None:
+    with (site / "rorfeed.toml").open("a") as fh:
+        fh.write(NOTIFY.format(port=smtp.port))
+    cycle(site, 0)
+    assert cli(site, "units", "manual", "MED", "--reason", "travaux", "--by", "alice") == 0
+    [mail] = smtp.messages
+    body = mail.message.get_content()
+    assert mail.rcpt_tos == ("cellule.lits@hopital.test",)
+    assert "Médecine" in body and "52/200" in body and "MED" in body and "travaux" in body
+    assert "saisie manuelle dans le ROR est nécessaire" in body
+    assert "30" in body  # the last values sent, which the ROR keeps showing
+    smtp.clear()
+    for hour in (1, 2, 3):
+        cycle(site, hour, BAD_CHIR)
+    [auto] = smtp.messages
+    text = auto.message.get_content()
+    assert "52/300" in text and "rorfeed" in text and "count_not_integer" in text
+
+
+def test_smtp_down_never_fails_a_cycle_and_the_email_waits(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (site / "rorfeed.toml").open("a") as fh:
+        fh.write(NOTIFY.format(port=free_port()))  # nothing listens there
+    cycle(site, 0)
+    assert cli(site, "units", "manual", "MED", "--reason", "travaux", "--by", "alice") == 0
+    for hour in (1, 2, 3):
+        report = cycle(site, hour, BAD_CHIR)
+        assert not report.failed
+    assert sent_ids(site, 3) == ["52/100", "52/400"]
+    store = open_store(load(site / "rorfeed.toml").state_url)
+    waiting = store.pending_emails()
+    assert len(waiting) == 2
+    # Tried at the command, then at each cycle's end; a relay down stops the batch at once.
+    assert [e.attempts for e in waiting] == [4, 0]

@@ -456,6 +456,13 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
                 _check_file(config, f"web.{k}", value, problems)
         if bool(f.web.tls_cert) != bool(f.web.tls_key):
             problems.append("web.tls_cert, web.tls_key: set both or neither")
+    if f.notify and f.notify.smtp_host:
+        for k in ("sender", "recipients"):
+            if not getattr(f.notify, k):
+                problems.append(
+                    f"notify.{k}: missing — needed to e-mail the bed-management cell "
+                    "(or leave smtp_host empty to send no e-mail)"
+                )
     if f.notify:
         secret = _read_secret(
             config.base_dir,
