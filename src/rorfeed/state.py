@@ -179,6 +179,20 @@ emails_t = Table(
     Column("last_error", Text, nullable=False, default=""),
 )
 
+# Accounts of the web page (`rorfeed users`, `rorfeed web`): Argon2id hashes only.
+users_t = Table(
+    "users",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("role", String(16), nullable=False),  # "lead" or "viewer"
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
 PENDING, UPLOADING, DELIVERED = "pending", "uploading", "delivered"
 UNCERTAIN, SUPERSEDED, EXPIRED = "uncertain", "superseded", "expired"
 
