@@ -7,6 +7,9 @@ rather than skipping them: a skipped test would hide an untested feature (CI ins
 `postgresql`; the binaries are looked up in `$RORFEED_PG_BIN`, `/usr/lib/postgresql/*/bin`,
 then `$PATH`).
 
+Outside pytest (bench/run.py), `running_pg_server()` is the same server as a plain context
+manager: it raises `PgUnavailable` where the fixture fails the tests.
+
 Authentication is `trust` on loopback, except for roles in the group `PASSWORD_GROUP`, which
 must give their password (scram-sha-256): tests can thus prove that a password reaches the
 server, and what happens when it is wrong.
@@ -22,7 +25,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,10 @@ PASSWORD_GROUP = "rorfeed_password_auth"
 _OS_USER = "postgres"
 _START_ATTEMPTS = 3  # another process may take the free port between our probe and the start
 _STEP_TIMEOUT = 60  # seconds for any one initdb / pg_ctl step
+
+
+class PgUnavailable(RuntimeError):
+    """PostgreSQL cannot be found or started; the message says why (the fixture fails with it)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,14 @@ class PgServer:
 
 def find_pg_bin() -> Path:
     """The folder of `initdb` and `pg_ctl`; fails the test session's PG tests when absent."""
+    try:
+        return locate_pg_bin()
+    except PgUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def locate_pg_bin() -> Path:
+    """The folder of `initdb` and `pg_ctl`; `PgUnavailable` when absent."""
     override = os.environ.get("RORFEED_PG_BIN")
     candidates = [Path(override)] if override else []
 
@@ -101,11 +117,10 @@ def find_pg_bin() -> Path:
     for candidate in candidates:
         if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
             return candidate
-    pytest.fail(
+    raise PgUnavailable(
         "PostgreSQL server binaries not found (looked in $RORFEED_PG_BIN, "
         "/usr/lib/postgresql/*/bin and $PATH): install the `postgresql` package — "
-        "these tests need a real server and are not skipped",
-        pytrace=False,
+        "these tests need a real server and are not skipped"
     )
 
 
@@ -134,7 +149,7 @@ def _run(cmd: Sequence[str], cwd: Path, what: str) -> subprocess.CompletedProces
             check=False,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"PostgreSQL {what} did not finish within {_STEP_TIMEOUT} s", pytrace=False)
+        raise PgUnavailable(f"PostgreSQL {what} did not finish within {_STEP_TIMEOUT} s") from None
     return done
 
 
@@ -153,9 +168,13 @@ local all  all                              trust
 """
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    bin_dir = find_pg_bin()
+@contextmanager
+def running_pg_server(announce: Callable[[str], object] = print) -> Iterator[PgServer]:
+    """A fresh PostgreSQL on a free loopback port, stopped and removed on exit.
+
+    Raises `PgUnavailable` when it cannot be found or started.
+    """
+    bin_dir = locate_pg_bin()
     # Not pytest's tmp_path: its parents are private to root, and the server runs as postgres.
     # Short, too: the socket path must fit in 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="rorfeed-pg-"))
@@ -181,7 +200,7 @@ def pg_server() -> Iterator[PgServer]:
             "initdb",
         )
         if done.returncode:
-            pytest.fail(f"initdb failed:\n{done.stdout}\n{done.stderr}", pytrace=False)
+            raise PgUnavailable(f"initdb failed:\n{done.stdout}\n{done.stderr}")
         hba = data / "pg_hba.conf"
         hba.write_text(_HBA)
         hba.chmod(0o600)
@@ -219,15 +238,14 @@ def pg_server() -> Iterator[PgServer]:
             if "already in use" not in _log_tail(log):
                 break
         if server is None:
-            pytest.fail(
-                f"PostgreSQL did not start:\n{done.stdout}\n{done.stderr}\n{_log_tail(log)}",
-                pytrace=False,
+            raise PgUnavailable(
+                f"PostgreSQL did not start:\n{done.stdout}\n{done.stderr}\n{_log_tail(log)}"
             )
         server.execute(
             "postgres", sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(PASSWORD_GROUP))
         )
         # Visible with `pytest -s`, and in the report of a failing test's setup.
-        print(f"PostgreSQL {bin_dir.parent.name} ready in {time.monotonic() - started:.2f} s")
+        announce(f"PostgreSQL {bin_dir.parent.name} ready in {time.monotonic() - started:.2f} s")
         yield server
     finally:
         if (data / "postmaster.pid").exists():
@@ -235,3 +253,12 @@ def pg_server() -> Iterator[PgServer]:
                 [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], root, "stop"
             )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    try:
+        with running_pg_server() as server:
+            yield server
+    except PgUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -1,23 +1,30 @@
 """pytest plugin: a real OpenSSH server (`/usr/sbin/sshd`, internal-sftp) on loopback.
 
-One server per test session (per xdist worker), with its own host keys and client keys, all
-generated at test time with `ssh-keygen`. It listens on two ports: `port` (read-write) and
+One server per test session (per xdist worker), with host keys and client keys generated at
+test time with `ssh-keygen` — once per test run, shared by the xdist workers (RSA key generation
+is slow on a busy machine). It listens on two ports: `port` (read-write) and
 `readonly_port`, where `ForceCommand internal-sftp -R` refuses every write even to root.
 Each test takes a fresh remote folder with `sshd.remote_dir()`.
 
 Key login as the current user (root in CI: `PermitRootLogin prohibit-password`, no PAM).
+
+Outside pytest (bench/run.py), `running_sshd(base)` is the same server as a plain context
+manager: it raises `SshdUnavailable` where the fixture fails the tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import getpass
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -30,6 +37,10 @@ SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"
 PASSPHRASE = "correct horse battery staple"
 START_SECONDS = 15.0
+
+
+class SshdUnavailable(RuntimeError):
+    """sshd cannot be found or started; the message says why (the fixture fails with it)."""
 
 
 def _keygen(path: Path, kind: str, passphrase: str = "") -> Path:
@@ -97,10 +108,11 @@ class Sshd:
     stranger: Path = field(init=False)  # a client key the server does not authorize
     known_hosts: Path = field(init=False)  # the server's ed25519 host key, both ports
     passphrase: str = PASSPHRASE
+    keys: Path | None = None  # where the keys are (default: base/keys)
     _dirs: Iterator[int] = field(default_factory=count, init=False)
 
     def __post_init__(self) -> None:
-        keys = self.base / "keys"
+        keys = self.keys = self.keys or self.base / "keys"
         self.host_ed25519 = keys / "ssh_host_ed25519_key"
         self.host_rsa = keys / "ssh_host_rsa_key"
         self.other_ed25519 = keys / "other_host_ed25519_key"
@@ -110,6 +122,19 @@ class Sshd:
         self.ed25519_passphrase = keys / "id_ed25519_passphrase"
         self.stranger = keys / "id_stranger"
         self.known_hosts = self.base / "known_hosts"
+
+    def key_specs(self) -> list[tuple[Path, str, str]]:
+        """Every key of the set: (private key path, type, passphrase)."""
+        return [
+            (self.host_ed25519, "ed25519", ""),
+            (self.host_rsa, "rsa", ""),
+            (self.other_ed25519, "ed25519", ""),
+            (self.other_ecdsa, "ecdsa", ""),
+            (self.ed25519, "ed25519", ""),
+            (self.rsa, "rsa", ""),
+            (self.ed25519_passphrase, "ed25519", PASSPHRASE),
+            (self.stranger, "ed25519", ""),
+        ]
 
     @property
     def remote_base(self) -> Path:
@@ -156,6 +181,32 @@ class Sshd:
             remote_dir=str(remote_dir),
             timeout_seconds=timeout_seconds,
         )
+
+    def destination_toml(
+        self,
+        remote_dir: Path | str,
+        *,
+        name: str = "operator",
+        port: int | None = None,
+        private_key: Path | None = None,
+        known_hosts: Path | None = None,
+        timeout_seconds: float = 10,
+        formats: tuple[str, ...] = ("xml", "json", "csv"),
+    ) -> str:
+        """A `[[destinations]]` block of rorfeed.toml for this server."""
+        return f"""
+[[destinations]]
+name = "{name}"
+kind = "sftp"
+host = "{self.host}"
+port = {port or self.port}
+username = "{self.user}"
+private_key = "{private_key or self.ed25519}"
+known_hosts = "{known_hosts or self.known_hosts}"
+remote_dir = "{remote_dir}"
+formats = [{", ".join(f'"{f}"' for f in formats)}]
+timeout_seconds = {timeout_seconds}
+"""
 
     def session_pids(self) -> list[int]:
         """The sshd processes serving connections (children of the listener)."""
@@ -209,35 +260,58 @@ def _locked(user: str) -> bool:
     return any(line.split(":")[0] == user and line.split(":")[1].startswith("!") for line in lines)
 
 
-def _start(base: Path) -> Sshd:
+def _generate_keys(server: Sshd) -> None:
+    """Generate the key set into `server.keys` unless it is there already (`done` marker)."""
+    assert server.keys is not None
+    if (server.keys / "done").exists():
+        return
+    if server.keys.exists():  # a half-made set: ssh-keygen will not overwrite it
+        shutil.rmtree(server.keys)
+    server.keys.mkdir(parents=True)
+    for key, kind, passphrase in server.key_specs():
+        _keygen(key, kind, passphrase)
+    (server.keys / "done").touch()
+
+
+@contextmanager
+def _exclusive(lock: Path, seconds: float) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock`, waiting at most `seconds` for it."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SshdUnavailable(f"{lock}: still locked after {seconds:g} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _start(base: Path, keys: Path | None = None) -> Sshd:
+    """Start sshd with its files under `base` (an empty folder) and its keys in `keys` (made
+    there when missing; default `base/keys`); `SshdUnavailable` when it cannot."""
     if not SSHD.exists():
-        pytest.fail(
+        raise SshdUnavailable(
             f"{SSHD} is missing: the SFTP tests need a real OpenSSH server — install it with"
-            " `apt-get install openssh-server` (bash .ci/run does)",
-            pytrace=False,
+            " `apt-get install openssh-server` (bash .ci/run does)"
         )
     user = getpass.getuser()
     if _locked(user):
-        pytest.fail(
+        raise SshdUnavailable(
             f"the account {user} is locked ('!' in /etc/shadow): sshd refuses key logins to a"
-            " locked account without PAM — run the tests as another user or unlock it",
-            pytrace=False,
+            " locked account without PAM — run the tests as another user or unlock it"
         )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    (base / "keys").mkdir()
-    server = Sshd(base=base, port=_free_port(), readonly_port=_free_port(), user=user)
-    for key, kind, passphrase in (
-        (server.host_ed25519, "ed25519", ""),
-        (server.host_rsa, "rsa", ""),
-        (server.other_ed25519, "ed25519", ""),
-        (server.other_ecdsa, "ecdsa", ""),
-        (server.ed25519, "ed25519", ""),
-        (server.rsa, "rsa", ""),
-        (server.ed25519_passphrase, "ed25519", PASSPHRASE),
-        (server.stranger, "ed25519", ""),
-    ):
-        _keygen(key, kind, passphrase)
+    server = Sshd(base=base, port=_free_port(), readonly_port=_free_port(), user=user, keys=keys)
+    assert server.keys is not None
+    with _exclusive(server.keys.parent / f"{server.keys.name}.lock", 120):
+        _generate_keys(server)
     authorized = [server.ed25519, server.rsa, server.ed25519_passphrase]
     (base / "authorized_keys").write_text(
         "".join(f"{public_line(k)}\n" for k in authorized), encoding="ascii"
@@ -251,7 +325,7 @@ def _start(base: Path) -> Sshd:
             break
         server.port, server.readonly_port = _free_port(), _free_port()
     log = server.log.read_text(errors="replace")
-    pytest.fail(f"sshd did not start within {START_SECONDS:g} s; its log:\n{log}", pytrace=False)
+    raise SshdUnavailable(f"sshd did not start within {START_SECONDS:g} s; its log:\n{log}")
 
 
 def _launch(server: Sshd) -> bool:
@@ -297,11 +371,30 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    """A real OpenSSH server for this test session (or xdist worker)."""
-    server = _start(tmp_path_factory.mktemp("sshd"))
+@contextmanager
+def running_sshd(base: Path, keys: Path | None = None) -> Iterator[Sshd]:
+    """A real OpenSSH server with its files under `base` (an empty folder), stopped on exit.
+
+    Its keys are read from `keys` (generated there when missing; default `base/keys`).
+    Raises `SshdUnavailable` when it cannot be started.
+    """
+    server = _start(base, keys)
     try:
         yield server
     finally:
         _stop(server.process)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real OpenSSH server for this test session (or xdist worker)."""
+    base = tmp_path_factory.mktemp("sshd")
+    # One key set per test run: the xdist workers' temporary folders share a parent.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    try:
+        with running_sshd(base, shared / "sshd-keys") as server:
+            yield server
+    except SshdUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -191,6 +191,7 @@ def test_missing_secret_file_is_a_configuration_error(tmp_path: Path) -> None:
     [
         ('work_dir = "work"', 'work_dir = "work"\nschedule = "61 * * * *"', "daemon.schedule"),
         ('work_dir = "work"', 'work_dir = "work"\nschedule = "5 * *"', "daemon.schedule"),
+        ('work_dir = "work"', 'work_dir = "work"\nschedule = "5-1 * * * *"', "daemon.schedule"),
         ('work_dir = "work"', 'work_dir = "work"\ntimezone = "Europe/Pariss"', "daemon.timezone"),
         ('kind = "directory"', 'kind = "ftp"', "destinations[0]"),
         ('path = "out"', 'path = "out"\nformats = ["pdf"]', "destinations[0].formats[0]"),

@@ -313,3 +313,9 @@ def test_demo_runs_from_a_fresh_copy(tmp_path: Path) -> None:
         "75/100120",
     }
     assert "7 rejected" not in result.stderr and "6 rejected" in result.stderr
+
+
+def test_two_runs_in_the_same_second_do_not_collide(site: Path) -> None:
+    assert run(site, "run-once") == 0
+    assert run(site, "run-once") == 0
+    assert len(delivered(site)) == 6

@@ -360,3 +360,53 @@ def test_smtp_down_never_fails_a_cycle_and_the_email_waits(
     assert len(waiting) == 2
     # Tried at the command, then at each cycle's end; a relay down stops the batch at once.
     assert [e.attempts for e in waiting] == [4, 0]
+
+
+def test_switch_made_after_files_were_written_withholds_their_delivery(site: Path) -> None:
+    """A switch made while a cycle runs stops every delivery not started yet (SPEC §2)."""
+    config = load(site / "rorfeed.toml")
+    (site / "depot").rmdir()  # the first delivery fails: the files wait in the outbox
+    at = T0
+    stamp = (at - timedelta(minutes=5)).timestamp()
+    os.utime(site / "export.csv", (stamp, stamp))
+    store = open_store(config.state_url)
+    assert Cycle(config, store, clock=lambda: at).run(at).failed
+    assert cli(site, "units", "manual", "MED", "--reason", "travaux", "--by", "alice") == 0
+    (site / "depot").mkdir()
+    # The next cycle's source is down: only the waiting files could leave, and they hold MED.
+    (site / "export.csv").unlink()
+    later = at + timedelta(minutes=10)
+    report = Cycle(config, store, clock=lambda: later).run(later)
+    store.engine.dispose()
+    assert len(report.deliveries[0].withheld) == 3
+    assert list((site / "depot").iterdir()) == []
+    assert len(list((site / "work" / "archive" / "depot" / "withheld").iterdir())) == 3
+
+
+def test_killswitch_turned_on_before_delivery_withholds_waiting_files(site: Path) -> None:
+    config = load(site / "rorfeed.toml")
+    (site / "depot").rmdir()
+    stamp = (T0 - timedelta(minutes=5)).timestamp()
+    os.utime(site / "export.csv", (stamp, stamp))
+    store = open_store(config.state_url)
+    assert Cycle(config, store, clock=lambda: T0).run(T0).failed
+    assert (
+        cli(
+            site,
+            "killswitch",
+            "on",
+            "--establishment",
+            "750712184",
+            "--reason",
+            "doute",
+            "--by",
+            "dsi",
+        )
+        == 0
+    )
+    (site / "depot").mkdir()
+    later = T0 + timedelta(minutes=10)
+    report = Cycle(config, store, clock=lambda: later).run(later)
+    store.engine.dispose()
+    assert len(report.deliveries[0].withheld) == 3
+    assert list((site / "depot").iterdir()) == []

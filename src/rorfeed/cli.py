@@ -12,13 +12,13 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rorfeed import __version__
-from rorfeed import config as config_mod
 from rorfeed.errors import ConfigError, RorfeedError, StateError
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("check", help="validate the configuration and test every source and destination")
+    sub.add_parser("serve", help="the daemon: cycles on schedule, metrics, signals, systemd")
     run = sub.add_parser("run-once", help="run one full cycle now")
     run.add_argument("--dry-run", action="store_true", help="write files locally, deliver nothing")
     run.add_argument("--output", type=Path, help="folder for --dry-run files")
@@ -97,10 +98,16 @@ def _is_emergency(args: argparse.Namespace) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Imported after parsing: `rorfeed --help` must not pay for pydantic and structlog.
+    from rorfeed import config as config_mod
     from rorfeed import logging as rlog
 
     rlog.configure()
     path = config_mod.config_path(args.config)
+    if args.command == "serve":
+        from rorfeed.daemon import serve
+
+        return serve(path)  # it validates the configuration itself, and again at each SIGHUP
     try:
         config = config_mod.load(path)
     except ConfigError as exc:
@@ -108,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(exc.problems), file=sys.stderr)
             return EXIT_USAGE
         return _emergency(config_mod.load_emergency(path, exc.problems), args)
+    rlog.register_secrets(config.secrets.values())
     try:
         if args.command == "check":
             from rorfeed.check import run_checks
@@ -233,6 +241,12 @@ def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
         print("rorfeed: --output goes with --dry-run", file=sys.stderr)
         return EXIT_USAGE
     store = _open_store(config, read_only_if_missing=dry_run)
+    last = store.recent_cycles(1)
+    if not dry_run and last and last[0].cycle_time >= now:
+        # File names carry the cycle time to the second: two runs in the same second would
+        # write the same names. Wait for the next second rather than collide.
+        time.sleep(max(0.0, (last[0].cycle_time - now).total_seconds()) + 1.0)
+        now = utc_now().replace(microsecond=0)
     report = Cycle(config, store).run(now, dry_run_dir=dry_dir)
     print(format_summary(report), file=sys.stderr)
     if dry_dir is not None:
@@ -282,6 +296,7 @@ def format_summary(report: CycleReport) -> str:
             ("superseded", d.superseded),
             ("expired", d.expired),
             ("uncertain", d.uncertain),
+            ("withheld", d.withheld),
             ("waiting", d.failed),
         ):
             if items:

@@ -515,6 +515,8 @@ def _cron_problem(expr: str) -> str | None:
             for num in (m.group(2), m.group(3)):
                 if num is not None and not lo <= int(num) <= hi:
                     return f'found "{expr}": {fname} {num} is outside {lo}-{hi}'
+            if m.group(3) is not None and int(m.group(2)) > int(m.group(3)):
+                return f'found "{expr}": {fname} range "{item}" runs backwards'
     return None
 
 

@@ -35,7 +35,7 @@ from rorfeed.notify import Notifier
 from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
 from rorfeed.rules import RuleOptions, Verdict, check_unit
 from rorfeed.sources import open_source
-from rorfeed.state import GLOBAL, Store, UnitState
+from rorfeed.state import GLOBAL, LedgerRow, Store, UnitState
 from rorfeed.transports import open_transport
 
 log = structlog.get_logger("rorfeed.cycle")
@@ -391,6 +391,7 @@ class Cycle:
                 max_age=max_age,
                 production=dest.environment == "production",
                 clock=self.clock,
+                hold=lambda row: _hold_reason(self.store, row),
             )
             if not report.ok:
                 log.error(
@@ -402,6 +403,18 @@ class Cycle:
                 )
             reports.append(report)
         return reports
+
+
+def _hold_reason(store: Store, row: LedgerRow) -> str | None:
+    """Why a file written earlier must not leave now: a switch made since (SPEC §2)."""
+    switches = store.killswitches()
+    if switches.get(GLOBAL) or switches.get(row.finess):
+        return "kill-switch turned on after the file was written"
+    stopped = store.unsendable_ror_ids(row.finess) & store.snapshot_ror_ids(row.snapshot_id)
+    if stopped:
+        shown = ", ".join(sorted(stopped)[:5]) + (" …" if len(stopped) > 5 else "")
+        return f"unit(s) switched to manual after the file was written: {shown}"
+    return None
 
 
 def _cycle_detail(report: CycleReport) -> dict[str, object]:

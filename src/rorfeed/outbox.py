@@ -4,6 +4,9 @@ Layout under `work_dir`: `outbox/<destination>/<file>` waiting, `archive/<destin
 <file>` done (delivered, superseded, expired, uncertain), removed after `archive_days`.
 
 Never twice, never stale, never older-after-newer (SPEC §7):
+- one process at a time delivers to a destination (an exclusive lock on
+  `outbox/.<destination>.lock`, waited for within the delivery's time budget), and it reads the
+  ledger only once it holds the lock;
 - before anything is sent, every pending file older than the newest file of the same
   establishment (per destination) is archived as *superseded*, and one older than
   `max_file_age_minutes` as *expired*;
@@ -11,21 +14,37 @@ Never twice, never stale, never older-after-newer (SPEC §7):
   ledger, and renamed to its final name. A crash (or a broken connection) after that point
   leaves an *unknown outcome*, settled before the next delivery: the final name on the server
   with the right size → delivered; otherwise → uncertain, never sent again (the operator may
-  already have taken it). A newer file follows anyway.
+  already have taken it), and its temporary file is removed. A newer file follows anyway.
+
+Time: the destination's `timeout_seconds` bounds the whole delivery of a cycle. A failed
+attempt is retried on a new session (with what is left of the budget) after a backoff, at most
+`MAX_ATTEMPTS` times, never sleeping past the deadline; errors that another attempt cannot
+cure (host key, authentication, missing or read-only remote folder) are not retried. What is
+not delivered stays in the outbox for the next cycle.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
 
-from rorfeed.errors import TransportError
+from rorfeed.errors import (
+    AuthFailed,
+    ConnectTimeout,
+    HostKeyRejected,
+    RemoteMissing,
+    RemoteRefused,
+    TransportError,
+)
 from rorfeed.state import (
     DELIVERED,
     EXPIRED,
@@ -33,6 +52,7 @@ from rorfeed.state import (
     SUPERSEDED,
     UNCERTAIN,
     UPLOADING,
+    WITHHELD,
     LedgerRow,
     Store,
 )
@@ -40,7 +60,17 @@ from rorfeed.transports.base import Session, Transport
 
 log = structlog.get_logger("rorfeed.outbox")
 
+# Pause before the 2nd, 3rd and 4th attempt of a delivery (each bounded by the deadline).
 RETRY_BACKOFF_SECONDS = (1.0, 2.0, 4.0)
+MAX_ATTEMPTS = len(RETRY_BACKOFF_SECONDS) + 1
+# Errors another attempt in the same cycle cannot cure: the file waits for the next cycle.
+PERMANENT_ERRORS: tuple[type[TransportError], ...] = (
+    HostKeyRejected,
+    AuthFailed,
+    RemoteMissing,
+    RemoteRefused,
+)
+_LOCK_POLL_SECONDS = 0.1
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -66,20 +96,40 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def one_line(text: str) -> str:
+    """`text` on one line (a report line, a `check` line): its lines joined by spaces."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 @dataclass
 class DeliveryReport:
+    """What one delivery to one destination did; plain data for the CLI, logs and metrics."""
+
     destination: str
     delivered: list[str] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     uncertain: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    error: str = ""
-    error_cause: str = ""
+    withheld: list[str] = field(default_factory=list)  # stopped by a switch during the cycle
+    failed: list[str] = field(default_factory=list)  # still waiting in the outbox
+    error: str = ""  # why it failed in the end, one line; "" when it did not
+    error_cause: str = ""  # `TransportError.cause` of that error ("host_key", "timeout", ...)
+    attempts: int = 0  # sessions tried (1 when the first one did everything)
+    failures: Counter[str] = field(default_factory=Counter)  # failed attempts by cause
+    # FINESS → the newest cycle time delivered in this delivery (for "last successful delivery
+    # per establishment and destination"); delivered means uploaded and renamed, never accepted.
+    delivered_finess: dict[str, datetime] = field(default_factory=dict)
+    duration: float = 0.0  # seconds, lock wait included
 
     @property
     def ok(self) -> bool:
         return not self.failed and not self.error
+
+    def add_delivered(self, row: LedgerRow) -> None:
+        self.delivered.append(row.file_name)
+        newest = self.delivered_finess.get(row.finess)
+        if newest is None or row.cycle_time > newest:
+            self.delivered_finess[row.finess] = row.cycle_time
 
 
 class Outbox:
@@ -155,6 +205,27 @@ class Outbox:
             log.warning("file_not_sent", destination=destination, file=row.file_name, status=status)
         return keep
 
+    @contextlib.contextmanager
+    def _lock(self, destination: str, deadline: float) -> Iterator[bool]:
+        """Hold the destination's delivery lock (True), or give up at `deadline` (False)."""
+        root = self.work_dir / "outbox"
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / f".{destination}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        yield False
+                        return
+                    time.sleep(min(_LOCK_POLL_SECONDS, left))
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
     def deliver(
         self,
         destination: str,
@@ -165,49 +236,166 @@ class Outbox:
         production: bool,
         clock: Callable[[], datetime],
         sleep: Callable[[float], None] = time.sleep,
+        hold: Callable[[LedgerRow], str | None] = lambda _row: None,
     ) -> DeliveryReport:
-        """Deliver every file waiting for `destination`, within `timeout` seconds in all."""
+        """Deliver every file waiting for `destination`, within `timeout` seconds in all.
+
+        `hold(row)` is asked right before each upload starts: a reason (a unit of the file
+        switched to manual, a kill-switch turned on since the file was written) withholds
+        the file — archived as withheld, never sent.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
         report = DeliveryReport(destination)
-        deadline = time.monotonic() + timeout
+        with self._lock(destination, deadline) as locked:
+            if locked:
+                self._deliver(
+                    destination,
+                    transport,
+                    timeout,
+                    deadline,
+                    max_age,
+                    production,
+                    clock,
+                    sleep,
+                    hold,
+                    report,
+                )
+            else:
+                waiting = self.store.files(destination, (PENDING, UPLOADING))
+                report.failed = [r.file_name for r in waiting]
+                report.error = (
+                    f'destination "{destination}": another rorfeed process kept delivering to it'
+                    f" for {timeout:g} s; the files wait for the next cycle"
+                )
+                report.error_cause = "busy"
+        report.duration = time.monotonic() - started
+        if report.attempts or report.superseded or report.expired or not report.ok:
+            log.info(
+                "delivery_end",
+                destination=destination,
+                delivered=len(report.delivered),
+                superseded=len(report.superseded),
+                expired=len(report.expired),
+                uncertain=len(report.uncertain),
+                waiting=len(report.failed),
+                attempts=report.attempts,
+                cause=report.error_cause or None,
+                duration_s=round(report.duration, 3),
+            )
+        return report
+
+    def _deliver(
+        self,
+        destination: str,
+        transport: Transport,
+        timeout: float,
+        deadline: float,
+        max_age: timedelta,
+        production: bool,
+        clock: Callable[[], datetime],
+        sleep: Callable[[float], None],
+        hold: Callable[[LedgerRow], str | None],
+        report: DeliveryReport,
+    ) -> None:
         unknown = self.store.files(destination, (UPLOADING,))
         pending = self._drop_stale(
             destination, self.store.files(destination, (PENDING,)), clock(), max_age, report
         )
+        self._sweep(destination, {r.file_name for r in unknown + pending})
         if not unknown and not pending:
-            return report
-        attempt = 0
+            return
+        # The units' last values sent are recorded once per snapshot, not once per format.
+        recorded: set[int] = set()
         while True:
-            remaining = deadline - time.monotonic()
+            report.attempts += 1
+            current: LedgerRow | None = None
             try:
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TransportError(f"{destination}: delivery did not finish in {timeout}s")
+                    raise ConnectTimeout(
+                        f'destination "{destination}": the delivery did not finish within its'
+                        f" timeout_seconds ({timeout:g} s)"
+                    )
                 with transport.open(remaining) as session:
-                    for row in unknown:
-                        self._settle(session, row, clock(), production, report)
-                    unknown = []
+                    while unknown:
+                        row = unknown[0]
+                        record = production and row.snapshot_id not in recorded
+                        if self._settle(session, row, clock(), record, report):
+                            recorded.add(row.snapshot_id)
+                        unknown.pop(0)
                     while pending:
-                        row = pending[0]
-                        self._send(session, row, clock(), production, report)
+                        current = pending[0]
+                        record = production and current.snapshot_id not in recorded
+                        if self._send(session, current, clock(), record, hold, report):
+                            recorded.add(current.snapshot_id)
                         pending.pop(0)
-                return report
+                        current = None
+                report.error = report.error_cause = ""
+                return
             except TransportError as exc:
-                attempt += 1
-                report.error, report.error_cause = str(exc), exc.cause
-                wait = RETRY_BACKOFF_SECONDS[min(attempt - 1, len(RETRY_BACKOFF_SECONDS) - 1)]
+                message = one_line(str(exc))
+                report.error, report.error_cause = message, exc.cause
+                report.failures[exc.cause] += 1
                 log.warning(
                     "delivery_attempt_failed",
                     destination=destination,
-                    attempt=attempt,
+                    attempt=report.attempts,
                     cause=exc.cause,
-                    error=str(exc),
+                    error=message,
+                    file=current.file_name if current is not None else None,
                 )
-                if attempt >= len(RETRY_BACKOFF_SECONDS) or time.monotonic() + wait >= deadline:
-                    report.failed = [r.file_name for r in pending]
-                    return report
-                sleep(wait)
-                # Files left mid-way are `uploading` now: settle them on the new session.
+                # A file whose rename was under way has an unknown outcome now: it is
+                # `uploading` in the ledger, and settled (never re-sent) on the next session.
                 unknown = self.store.files(destination, (UPLOADING,))
-                pending = [r for r in pending if r.id not in {u.id for u in unknown}]
+                in_doubt = {u.id for u in unknown}
+                pending = [r for r in pending if r.id not in in_doubt]
+                now = clock()
+                if current is not None:
+                    status = UPLOADING if current.id in in_doubt else PENDING
+                    attempted = status == PENDING  # `uploading` counted its attempt already
+                    self.store.set_file_status(
+                        current.id, status, now, error=message, attempt=attempted
+                    )
+                wait = RETRY_BACKOFF_SECONDS[min(report.attempts, MAX_ATTEMPTS - 1) - 1]
+                if (
+                    isinstance(exc, PERMANENT_ERRORS)
+                    or report.attempts >= MAX_ATTEMPTS
+                    or time.monotonic() + wait >= deadline
+                ):
+                    for row in pending:
+                        if current is None or row.id != current.id:
+                            self.store.set_file_status(row.id, PENDING, now, error=message)
+                    report.failed = [r.file_name for r in unknown + pending]
+                    return
+                sleep(wait)
+
+    def _sweep(self, destination: str, live: set[str]) -> None:
+        """Archive files left in the outbox by a crash after their ledger status became final."""
+        folder = self.folder(destination)
+        if not folder.is_dir():
+            return
+        strays = {
+            p.name
+            for p in folder.iterdir()
+            if not p.name.startswith(".") and p.name not in live and p.is_file()
+        }
+        if not strays:
+            return
+        final = (DELIVERED, UNCERTAIN, SUPERSEDED, EXPIRED, WITHHELD)
+        status = {
+            r.file_name: r.status
+            for r in self.store.files(destination, final)
+            if r.file_name in strays
+        }
+        for name in sorted(strays):
+            if name in status:
+                self.archive(destination, name, status[name])
+                log.info(
+                    "outbox_file_archived", destination=destination, file=name, status=status[name]
+                )
+            else:
+                log.warning("outbox_file_unknown", destination=destination, file=name)
 
     def _settle(
         self,
@@ -216,30 +404,45 @@ class Outbox:
         now: datetime,
         production: bool,
         report: DeliveryReport,
-    ) -> None:
+    ) -> bool:
+        """Settle a delivery whose outcome is unknown; True when it turns out delivered."""
         size = session.size_of(row.file_name)
         if size == row.size:
             self.store.mark_delivered(row, now, production)
             self.archive(row.destination, row.file_name, DELIVERED)
-            report.delivered.append(row.file_name)
+            report.add_delivered(row)
             log.info(
                 "delivery_settled",
                 destination=row.destination,
                 file=row.file_name,
                 status=DELIVERED,
             )
-        else:
-            self.store.set_file_status(row.id, UNCERTAIN, now, error="outcome unknown")
-            self.archive(row.destination, row.file_name, UNCERTAIN)
-            report.uncertain.append(row.file_name)
-            log.warning(
-                "delivery_settled",
-                destination=row.destination,
-                file=row.file_name,
-                status=UNCERTAIN,
-                remote_size=size,
-                size=row.size,
-            )
+            return True
+        # Never sent again: the operator may already have taken it. Its temporary copy, if
+        # any, is ours to remove (the consumer ignores temporary names).
+        session.discard(row.file_name)
+        detail = (
+            "absent from the server"
+            if size is None
+            else f"on the server with {size} bytes instead of {row.size}"
+        )
+        self.store.set_file_status(
+            row.id,
+            UNCERTAIN,
+            now,
+            error=f"outcome unknown (interrupted around the rename); final name {detail}",
+        )
+        self.archive(row.destination, row.file_name, UNCERTAIN)
+        report.uncertain.append(row.file_name)
+        log.warning(
+            "delivery_settled",
+            destination=row.destination,
+            file=row.file_name,
+            status=UNCERTAIN,
+            remote_size=size,
+            size=row.size,
+        )
+        return False
 
     def _send(
         self,
@@ -247,20 +450,32 @@ class Outbox:
         row: LedgerRow,
         now: datetime,
         production: bool,
+        hold: Callable[[LedgerRow], str | None],
         report: DeliveryReport,
-    ) -> None:
+    ) -> bool:
+        """Upload, then rename; True when delivered (False: withheld or missing)."""
+        reason = hold(row)
+        if reason:
+            self.store.set_file_status(row.id, WITHHELD, now, error=reason)
+            self.archive(row.destination, row.file_name, WITHHELD)
+            report.withheld.append(row.file_name)
+            log.warning(
+                "file_withheld", destination=row.destination, file=row.file_name, reason=reason
+            )
+            return False
         local = self.folder(row.destination) / row.file_name
         if not local.exists():
             # Lost from the outbox (removed by hand?): nothing to send, say so once.
             self.store.set_file_status(row.id, EXPIRED, now, error="missing from the outbox")
             report.expired.append(row.file_name)
             log.error("outbox_file_missing", destination=row.destination, file=row.file_name)
-            return
+            return False
         temp = session.upload(local, row.file_name)
         # Point of no return: from here the outcome may be unknown if we die.
         self.store.set_file_status(row.id, UPLOADING, now, attempt=True)
         session.commit(temp, row.file_name)
         self.store.mark_delivered(row, now, production)
         self.archive(row.destination, row.file_name, DELIVERED)
-        report.delivered.append(row.file_name)
+        report.add_delivered(row)
         log.info("file_delivered", destination=row.destination, file=row.file_name, size=row.size)
+        return True

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -195,6 +196,7 @@ users_t = Table(
 
 PENDING, UPLOADING, DELIVERED = "pending", "uploading", "delivered"
 UNCERTAIN, SUPERSEDED, EXPIRED = "uncertain", "superseded", "expired"
+WITHHELD = "withheld"  # a unit of the file went manual (or a kill-switch on) before its upload
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,7 @@ class Store:
         what the bed-management cell must hear about).
         """
         entries: list[AuditEntry] = []
+        added: list[dict[str, Any]] = []
         with self.tx() as conn:
             known = {
                 r.ror_id: r for r in conn.execute(select(units_t).where(units_t.c.finess == finess))
@@ -349,24 +352,23 @@ class Store:
                 seen.add(u.ror_id)
                 old = known.get(u.ror_id)
                 if old is None:
-                    conn.execute(
-                        insert(units_t).values(
-                            finess=finess,
-                            ror_id=u.ror_id,
-                            local_code=u.local_code,
-                            label=u.label,
-                            declared_mode=u.declared_mode.value,
-                            in_mapping=True,
-                            mode=u.declared_mode.value,
-                            mode_since=now,
-                            mode_reason="ajoutée au mapping",
-                            streak=0,
-                            last_rules="",
-                        )
+                    added.append(
+                        {
+                            "finess": finess,
+                            "ror_id": u.ror_id,
+                            "local_code": u.local_code,
+                            "label": u.label,
+                            "declared_mode": u.declared_mode.value,
+                            "in_mapping": True,
+                            "mode": u.declared_mode.value,
+                            "mode_since": now,
+                            "mode_reason": "ajoutée au mapping",
+                            "streak": 0,
+                            "last_rules": "",
+                        }
                     )
                     entries.append(
-                        self._audit(
-                            conn,
+                        AuditEntry(
                             now,
                             ACTOR_RORFEED,
                             "mapping",
@@ -383,8 +385,7 @@ class Store:
                 if not old.in_mapping:
                     changes["in_mapping"] = True
                     entries.append(
-                        self._audit(
-                            conn,
+                        AuditEntry(
                             now,
                             ACTOR_RORFEED,
                             "mapping",
@@ -399,8 +400,7 @@ class Store:
                 if old.local_code != u.local_code or old.label != u.label:
                     changes.update(local_code=u.local_code, label=u.label)
                     entries.append(
-                        self._audit(
-                            conn,
+                        AuditEntry(
                             now,
                             ACTOR_RORFEED,
                             "mapping",
@@ -415,8 +415,7 @@ class Store:
                 if old.declared_mode != u.declared_mode.value:
                     changes["declared_mode"] = u.declared_mode.value
                     entries.append(
-                        self._audit(
-                            conn,
+                        AuditEntry(
                             now,
                             ACTOR_RORFEED,
                             "mapping",
@@ -437,8 +436,7 @@ class Store:
                             mode_reason="déclarée manuelle dans le mapping",
                         )
                         entries.append(
-                            self._audit(
-                                conn,
+                            AuditEntry(
                                 now,
                                 ACTOR_RORFEED,
                                 "unit_mode",
@@ -464,8 +462,7 @@ class Store:
                         .values(in_mapping=False)
                     )
                     entries.append(
-                        self._audit(
-                            conn,
+                        AuditEntry(
                             now,
                             ACTOR_RORFEED,
                             "mapping",
@@ -477,6 +474,11 @@ class Store:
                             "retirée du mapping",
                         )
                     )
+            # Batched: the first reading of a 10,000-unit mapping is two statements.
+            if added:
+                conn.execute(insert(units_t), added)
+            if entries:
+                conn.execute(insert(audit_t), [e.__dict__ for e in entries])
         return entries
 
     def record_verdicts(
@@ -487,17 +489,21 @@ class Store:
         `accepted` maps ROR id → installed beds accepted (the warning rule compares to it).
         """
         with self.tx() as conn:
-            for ror_id, rules in rejected.items():
+            if rejected:
                 conn.execute(
                     update(units_t)
-                    .where(units_t.c.finess == finess, units_t.c.ror_id == ror_id)
-                    .values(streak=units_t.c.streak + 1, last_rules=",".join(rules))
+                    .where(units_t.c.finess == finess, units_t.c.ror_id == bindparam("b_ror_id"))
+                    .values(streak=units_t.c.streak + 1, last_rules=bindparam("b_rules")),
+                    [{"b_ror_id": r, "b_rules": ",".join(rules)} for r, rules in rejected.items()],
                 )
-            for ror_id, installed in accepted.items():
+            if accepted:
                 conn.execute(
                     update(units_t)
-                    .where(units_t.c.finess == finess, units_t.c.ror_id == ror_id)
-                    .values(streak=0, last_rules="", last_accepted_installed=installed)
+                    .where(units_t.c.finess == finess, units_t.c.ror_id == bindparam("b_ror_id"))
+                    .values(
+                        streak=0, last_rules="", last_accepted_installed=bindparam("b_installed")
+                    ),
+                    [{"b_ror_id": r, "b_installed": n} for r, n in accepted.items()],
                 )
 
     # -- audit ----------------------------------------------------------------------------
@@ -809,23 +815,47 @@ class Store:
                     select(snapshots_t.c.counts).where(snapshots_t.c.id == row.snapshot_id)
                 ).scalar_one()
             )
-            for ror_id, (installed, closed, available) in counts.items():
-                conn.execute(
-                    update(units_t)
-                    .where(
-                        units_t.c.finess == row.finess,
-                        units_t.c.ror_id == ror_id,
-                        # Never let an older delivery overwrite newer last values.
-                        (units_t.c.last_counts_at.is_(None))
-                        | (units_t.c.last_counts_at <= row.cycle_time),
-                    )
-                    .values(
-                        last_installed=installed,
-                        last_closed=closed,
-                        last_available=available,
-                        last_counts_at=row.cycle_time,
-                    )
+            if not counts:
+                return
+            # One batched statement: a 10,000-unit file is one round trip, not 10,000.
+            conn.execute(
+                update(units_t)
+                .where(
+                    units_t.c.finess == row.finess,
+                    units_t.c.ror_id == bindparam("b_ror_id"),
+                    # Never let an older delivery overwrite newer last values.
+                    (units_t.c.last_counts_at.is_(None))
+                    | (units_t.c.last_counts_at <= row.cycle_time),
                 )
+                .values(
+                    last_installed=bindparam("b_installed"),
+                    last_closed=bindparam("b_closed"),
+                    last_available=bindparam("b_available"),
+                    last_counts_at=row.cycle_time,
+                ),
+                [
+                    {"b_ror_id": r, "b_installed": i, "b_closed": c, "b_available": a}
+                    for r, (i, c, a) in counts.items()
+                ],
+            )
+
+    def unsendable_ror_ids(self, finess: str) -> set[str]:
+        """The units of `finess` that must not be sent now (manual, or out of the mapping)."""
+        q = select(units_t.c.ror_id).where(
+            units_t.c.finess == finess,
+            (units_t.c.mode != Mode.AUTO.value)
+            | (units_t.c.declared_mode != Mode.AUTO.value)
+            | units_t.c.in_mapping.is_(False),
+        )
+        with self.tx() as conn:
+            return set(conn.execute(q).scalars())
+
+    def snapshot_ror_ids(self, snapshot_id: int) -> set[str]:
+        with self.tx() as conn:
+            counts = conn.execute(
+                select(snapshots_t.c.counts).where(snapshots_t.c.id == snapshot_id)
+            ).scalar_one()
+        return set(json.loads(counts))
 
     def outbox_counts(self) -> dict[str, int]:
         q = (
@@ -868,6 +898,125 @@ class Store:
                 .where(emails_t.c.id == email_id)
                 .values(attempts=emails_t.c.attempts + 1, last_error=error)
             )
+
+    # -- web accounts ---------------------------------------------------------------------
+    # Accounts of `rorfeed web` (managed with `rorfeed users`) and the web page's session
+    # secret. Only Argon2id hashes are stored (rorfeed.web.auth makes and checks them).
+
+    def web_secret(self) -> str:
+        """The key that signs the web page's session cookies: made once, shared, kept.
+
+        Every `rorfeed web` process (and every restart) reads the same key, so a session
+        stays valid across processes and restarts.
+        """
+        import secrets
+
+        query = select(meta_t.c.value).where(meta_t.c.key == "web_secret")
+        with self.tx() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        if value is not None:
+            return str(value)
+        try:
+            with self.tx() as conn:
+                value = conn.execute(query).scalar_one_or_none()
+                if value is None:
+                    value = secrets.token_hex(32)
+                    conn.execute(insert(meta_t).values(key="web_secret", value=value))
+                return str(value)
+        except StateError:
+            # Another process created it at the same instant: take theirs.
+            with self.tx() as conn:
+                return str(conn.execute(query).scalar_one())
+
+    def web_user(self, name: str) -> WebUser | None:
+        with self.tx() as conn:
+            row = conn.execute(select(users_t).where(users_t.c.name == name)).first()
+        return None if row is None else _web_user(row)
+
+    def web_users(self) -> list[WebUser]:
+        with self.tx() as conn:
+            return [_web_user(r) for r in conn.execute(select(users_t).order_by(users_t.c.name))]
+
+    def add_web_user(self, name: str, role: str, password_hash: str, now: datetime) -> None:
+        """Create an account; StateError (nothing written) when the name is taken."""
+        with self.tx() as conn:
+            taken = conn.execute(select(users_t.c.name).where(users_t.c.name == name)).first()
+            if taken is not None:
+                raise StateError(f"account {name!r} already exists")
+            conn.execute(
+                insert(users_t).values(
+                    name=name,
+                    role=role,
+                    password_hash=password_hash,
+                    disabled=False,
+                    failed_logins=0,
+                    locked_until=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+    def set_web_password(
+        self, name: str, password_hash: str, now: datetime, role: str | None = None
+    ) -> bool:
+        """New password (and role, if given); enables and unlocks. False: no such account."""
+        values: dict[str, Any] = {
+            "password_hash": password_hash,
+            "disabled": False,
+            "failed_logins": 0,
+            "locked_until": None,
+            "updated_at": now,
+        }
+        if role is not None:
+            values["role"] = role
+        with self.tx() as conn:
+            result = conn.execute(update(users_t).where(users_t.c.name == name).values(**values))
+            return bool(result.rowcount)
+
+    def disable_web_user(self, name: str, now: datetime) -> bool:
+        """Disable an account (its sessions end at their next request). False: no such one."""
+        with self.tx() as conn:
+            result = conn.execute(
+                update(users_t).where(users_t.c.name == name).values(disabled=True, updated_at=now)
+            )
+            return bool(result.rowcount)
+
+    def web_login_failed(
+        self, name: str, now: datetime, max_failures: int, lock_until: datetime
+    ) -> datetime | None:
+        """Count a wrong password; at `max_failures` lock the account until `lock_until`.
+
+        A lock that has run out starts the count afresh; a locked account's failures are
+        not counted (they do not lengthen the lock). Returns the lock's end when locked.
+        """
+        with self.tx() as conn:
+            row = conn.execute(
+                select(users_t.c.failed_logins, users_t.c.locked_until).where(
+                    users_t.c.name == name
+                )
+            ).first()
+            if row is None:
+                return None
+            if row.locked_until is not None and row.locked_until > now:
+                return row.locked_until  # type: ignore[no-any-return]
+            failures = (0 if row.locked_until is not None else row.failed_logins) + 1
+            values: dict[str, Any] = {"failed_logins": failures, "locked_until": None}
+            if failures >= max_failures:
+                values = {"failed_logins": 0, "locked_until": lock_until}
+            conn.execute(update(users_t).where(users_t.c.name == name).values(**values))
+            return values["locked_until"]  # type: ignore[no-any-return]
+
+    def web_login_succeeded(
+        self, name: str, now: datetime, new_password_hash: str | None = None
+    ) -> None:
+        """Reset the failure count; store a re-hashed password (stronger parameters) if given."""
+        values: dict[str, Any] = {"failed_logins": 0, "locked_until": None}
+        if new_password_hash is not None:
+            values.update(password_hash=new_password_hash, updated_at=now)
+        with self.tx() as conn:
+            conn.execute(update(users_t).where(users_t.c.name == name).values(**values))
+
+    # -- end of web accounts --------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------
@@ -923,3 +1072,39 @@ def _prepare(engine: Engine) -> None:
             conn.execute(
                 update(meta_t).where(meta_t.c.key == "schema_version").values(value=str(version))
             )
+
+
+# -- web accounts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebUser:
+    """An account of the web page, as `Store.web_user` reads it."""
+
+    name: str
+    role: str  # "lead" or "viewer"
+    password_hash: str
+    disabled: bool
+    failed_logins: int
+    locked_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def __repr__(self) -> str:  # never the hash
+        return f"WebUser(name={self.name!r}, role={self.role!r}, disabled={self.disabled})"
+
+
+def _web_user(row: Any) -> WebUser:
+    return WebUser(
+        name=row.name,
+        role=row.role,
+        password_hash=row.password_hash,
+        disabled=bool(row.disabled),
+        failed_logins=int(row.failed_logins),
+        locked_until=row.locked_until,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+# -- end of web accounts ------------------------------------------------------------------------

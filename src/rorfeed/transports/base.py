@@ -29,8 +29,16 @@ class Session(Protocol):
         """The size of the final-name file `name` on the destination, None when absent."""
         ...
 
+    def discard(self, name: str) -> None:
+        """Remove the temporary file `upload` would use for `name`, if any (best effort)."""
+        ...
+
     def probe(self) -> None:
         """Prove the remote directory exists and is writable (temporary probe file, removed)."""
+        ...
+
+    def describe(self) -> str:
+        """What the connection established, for `rorfeed check` (e.g. the verified host key)."""
         ...
 
     def close(self) -> None: ...
@@ -46,6 +54,8 @@ class Session(Protocol):
 
 
 class Transport(Protocol):
+    where: str  # how messages name the destination, e.g. `destination "sesan" (sftp u@h:22)`
+
     def open(self, timeout: float) -> Session:
         """Connect (and authenticate) within `timeout` seconds. Raises `TransportError`."""
         ...

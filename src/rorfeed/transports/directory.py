@@ -124,6 +124,13 @@ class DirectorySession:
             except FileNotFoundError:
                 return None
 
+    def discard(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.path / f".{plain_name(name)}.part").unlink(missing_ok=True)
+
+    def describe(self) -> str:
+        return f"folder {self.path} writable"
+
     def probe(self) -> None:
         self._check_folder("probe")
         temp = self.path / f".rorfeed-probe-{secrets.token_hex(8)}.part"

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import socket
@@ -64,6 +65,12 @@ _DISABLED = {
     "pubkeys": ["ssh-rsa", "ssh-rsa-cert-v01@openssh.com"],
 }
 _POSIX_RENAME = "posix-rename@openssh.com"
+# paramiko's own log records, under a name of ours. Its transport thread logs every failure
+# itself, a traceback at ERROR one line per record, often after the session is over; rorfeed
+# reports the same failure once, translated, with the destination's name: keep only paramiko's
+# critical records.
+PARAMIKO_LOG = "rorfeed.sftp.paramiko"
+logging.getLogger(PARAMIKO_LOG).setLevel(logging.CRITICAL)
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -231,6 +238,7 @@ class SftpTransport:
         try:
             with _translating(self.where, "SSH handshake", deadline):
                 transport = paramiko.Transport(sock, disabled_algorithms=_DISABLED)
+                transport.set_log_channel(PARAMIKO_LOG)
                 self._handshake(transport, deadline, algorithms)
         except BaseException:
             if transport is not None:
@@ -299,7 +307,7 @@ class SftpTransport:
             accept = (
                 f" To accept it deliberately: compare {fingerprint(offered)} with the fingerprint"
                 f" the operator publishes and, only if they match, {edit}:"
-                f"\n{name} {offered.get_name()} {offered.get_base64()}"
+                f" {name} {offered.get_name()} {offered.get_base64()}"
             )
         if not changed:
             return (
@@ -380,6 +388,9 @@ class SftpSession:
         self.where = owner.where
         self.remote_dir = owner.section.remote_dir.rstrip("/") or "/"
         self.posix_rename = _POSIX_RENAME in sftp.extensions
+        key = transport.get_remote_server_key()
+        self.host_key = f"{key.get_name()} {fingerprint(key)}"
+        self.username = owner.section.username
 
     def _path(self, name: str) -> str:
         return f"{self.remote_dir}/{name}"
@@ -488,6 +499,16 @@ class SftpSession:
                 self._bounded()
                 self._sftp.stat(self.remote_dir)  # RemoteMissing when the folder is absent
                 return None
+
+    def discard(self, name: str) -> None:
+        self._discard(self._path(f".{plain_name(name)}.part"))
+
+    def describe(self) -> str:
+        rename = "posix-rename" if self.posix_rename else "plain rename"
+        return (
+            f"host key {self.host_key} verified, authenticated as {self.username},"
+            f" {self.remote_dir} writable ({rename})"
+        )
 
     def probe(self) -> None:
         temp = self._path(f".rorfeed-probe-{secrets.token_hex(8)}.part")
