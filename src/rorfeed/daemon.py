@@ -1,0 +1,718 @@
+"""`rorfeed serve`: the cycle on its schedule, metrics, signals, systemd notifications (SPEC §9).
+
+Threads:
+- the **main thread** loads the configuration, starts everything, then sleeps on a wake-up
+  socket until a signal comes: `SIGHUP` reloads, `SIGTERM`/`SIGINT` stop;
+- **APScheduler**'s `BackgroundScheduler` fires the `cycle` job on a `CronTrigger` built from
+  `daemon.schedule` in `daemon.timezone` (`max_instances=1`, `coalesce=True`, no misfire
+  limit: a run that is late — a suspended machine — still runs, once), and pings the systemd
+  watchdog from its own loop (`watchdog` job, every half `WatchdogSec`);
+- the **cycle runner** runs one cycle at a time in its own thread. The job only hands it the
+  scheduled fire time: a fire time that comes while a cycle still runs waits for it (only the
+  newest one waits; an older waiting one is dropped as coalesced), and a fire time never runs
+  twice nor after a newer one;
+- prometheus-client's HTTP server answers `/metrics` on `metrics.listen`.
+
+A scheduled cycle's time is its scheduled fire time, in UTC. The job computes it with the
+trigger's own arithmetic as the latest fire time not after now — exactly the run time
+APScheduler coalesced to.
+
+Catch-up: at start, when the state's last cycle is older than the schedule's previous fire
+time, that fire time runs once, at once. A fresh state has missed nothing.
+
+Failures: a `RorfeedError` from a cycle (the state store unreachable, …) is logged and the next
+cycle runs as scheduled. Any other exception is a bug: it is logged with its traceback and
+counted in `rorfeed_cycles_failed_total`, and the daemon keeps running. A dead daemon would
+stop the feed of every establishment until someone notices, and the bug may well be tied to one
+hour's data; the state store is transactional, so an interrupted cycle leaves it consistent,
+and the alerts (failed cycles, stale feed) make a repeating bug visible within hours.
+
+Stop: `SIGTERM`/`SIGINT` stop the scheduler, let the running cycle finish for at most
+`STOP_GRACE_SECONDS` (60 s), then exit 0; a cycle still running then is abandoned (logged) —
+the state store and the delivery ledger are crash-safe. The unit's `TimeoutStopSec` is longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import secrets
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from rorfeed import config as config_mod
+from rorfeed import logging as rlog
+from rorfeed.errors import ConfigError, RorfeedError, StateError
+from rorfeed.systemd import Notifier
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+
+    from rorfeed.config import Config
+    from rorfeed.cycle import CycleReport
+    from rorfeed.metrics import Metrics
+    from rorfeed.state import Store
+
+log = structlog.get_logger("rorfeed.daemon")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STOP_GRACE_SECONDS = 60.0
+# A cycle running longer than this is taken as hung: the watchdog pings stop, and systemd
+# restarts the daemon (every step of a cycle has its own timeout: this is the last resort).
+CYCLE_STALL_SECONDS = 3600.0
+CYCLE_JOB = "cycle"
+WATCHDOG_JOB = "watchdog"
+
+Trigger = Any  # an APScheduler 3 trigger (the library ships no type hints)
+
+
+class CycleLike(Protocol):
+    def run(self, cycle_time: datetime) -> CycleReport: ...
+
+
+CycleFactory = Callable[["Config", "Store"], CycleLike]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+
+
+_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_CRON_ITEM = re.compile(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?")
+
+
+def _weekdays(field: str) -> str:
+    """A cron weekday field (0 or 7 = Sunday) as APScheduler 3 day names.
+
+    APScheduler 3 numbers weekdays from 0 = Monday, even in `CronTrigger.from_crontab`: giving
+    it cron's numbers would shift every weekday by one. Names are unambiguous.
+    """
+    days: set[int] = set()
+    for item in field.split(","):
+        m = _CRON_ITEM.fullmatch(item)
+        if m is None:
+            raise ValueError(f'weekday field "{field}" is not valid cron syntax')
+        step = int(m.group(4) or 1)
+        if m.group(1) == "*":
+            lo, hi = 0, 6
+        else:
+            lo = int(m.group(2))
+            hi = int(m.group(3)) if m.group(3) is not None else (7 if m.group(4) else lo)
+        if lo > hi or hi > 7:
+            raise ValueError(f'weekday field "{field}": range {lo}-{hi} is not within 0-7')
+        days.update(d % 7 for d in range(lo, hi + 1, step))
+    return ",".join(_CRON_WEEKDAYS[d] for d in sorted(days))
+
+
+def make_trigger(schedule: str, zone: tzinfo) -> Trigger:
+    """APScheduler trigger of a five-field cron expression, with cron's own semantics.
+
+    Two differences from `CronTrigger.from_crontab` are corrected: weekday numbers (see
+    `_weekdays`), and cron's rule that when both the day of month and the weekday are
+    restricted, a time matching *either* fires. Raises ValueError on an invalid expression.
+    """
+    from apscheduler.triggers.combining import OrTrigger  # type: ignore[import-untyped]
+    from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+
+    fields = schedule.split()
+    if len(fields) != 5:
+        raise ValueError(f'"{schedule}": expected 5 fields: minute hour day month weekday')
+    minute, hour, day, month, weekday = fields
+    dow = "*" if weekday == "*" else _weekdays(weekday)
+
+    def cron(day: str, dow: str) -> Trigger:
+        return CronTrigger(
+            minute=minute, hour=hour, day=day, month=month, day_of_week=dow, timezone=zone
+        )
+
+    if not day.startswith("*") and not weekday.startswith("*"):
+        return OrTrigger([cron(day, "*"), cron("*", dow)])
+    return cron(day, dow)
+
+
+def schedule_trigger(config: Config) -> Trigger:
+    """The configuration's schedule; an expression APScheduler refuses is a ConfigError."""
+    try:
+        return make_trigger(config.file.daemon.schedule, config.zone)
+    except ValueError as exc:
+        raise ConfigError([f"{config.path.name}: daemon.schedule: {exc}"]) from None
+
+
+# Enough to find the previous fire time of any cron schedule, the 29th of February included.
+_LOOKBACK = (
+    timedelta(hours=1),
+    timedelta(days=1),
+    timedelta(days=32),
+    timedelta(days=367),
+    timedelta(days=8 * 366),
+)
+
+
+def previous_fire_time(trigger: Trigger, now: datetime) -> datetime | None:
+    """The latest fire time of `trigger` not after `now` (None if there is none), in UTC.
+
+    Computed forward with the trigger's own arithmetic from a point far enough back, so that
+    daylight-saving changes are handled exactly as the scheduler handles them.
+    """
+    # In UTC: arithmetic and comparisons of datetimes sharing a zone are wall-clock ones,
+    # which the repeated autumn hour would fool.
+    now = now.astimezone(UTC)
+    for back in _LOOKBACK:
+        fire: datetime | None = trigger.get_next_fire_time(None, now - back)
+        if fire is None or fire.astimezone(UTC) > now:
+            continue
+        while True:
+            following: datetime | None = trigger.get_next_fire_time(fire, fire)
+            if following is None or following.astimezone(UTC) > now:
+                return fire.astimezone(UTC)
+            fire = following
+    return None
+
+
+def missed_run(trigger: Trigger, last_cycle: datetime | None, now: datetime) -> datetime | None:
+    """The fire time to catch up at start, if any (SPEC §9).
+
+    A run was missed when the state's last cycle is older than the schedule's previous fire
+    time; a fresh state (`last_cycle` None) has missed nothing. Only the latest missed run is
+    caught up, once.
+    """
+    if last_cycle is None:
+        return None
+    previous = previous_fire_time(trigger, now)
+    if previous is None or last_cycle.astimezone(UTC) >= previous:
+        return None
+    return previous
+
+
+# ---------------------------------------------------------------------------------------------
+# One cycle at a time
+
+
+class CycleRunner:
+    """Runs `run(cycle_time)` in a worker thread, one at a time, each fire time at most once."""
+
+    def __init__(self, run: Callable[[datetime], None]) -> None:
+        self._run = run
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._running: datetime | None = None
+        self._since: float | None = None
+        self._pending: datetime | None = None
+        self._last: datetime | None = None
+        self._closed = False
+
+    def submit(self, cycle_time: datetime) -> str:
+        """Start, defer or skip a cycle; returns "started", "deferred", "skipped" or "closed"."""
+        cycle_time = cycle_time.astimezone(UTC)
+        with self._lock:
+            if self._closed:
+                return "closed"
+            known = [t for t in (self._last, self._running, self._pending) if t is not None]
+            if known and cycle_time <= max(known):
+                log.warning(
+                    "cycle_skipped",
+                    cycle_time=cycle_time.isoformat(),
+                    reason="a cycle of this time or a later one already ran or is due",
+                )
+                return "skipped"
+            if self._running is not None:
+                if self._pending is not None:
+                    log.warning("cycle_coalesced", dropped=self._pending.isoformat())
+                self._pending = cycle_time
+                log.warning(
+                    "cycle_deferred",
+                    cycle_time=cycle_time.isoformat(),
+                    running=self._running.isoformat(),
+                )
+                return "deferred"
+            self._running, self._since = cycle_time, time.monotonic()
+            self._idle.clear()
+        threading.Thread(
+            target=self._work, args=(cycle_time,), name="rorfeed-cycle", daemon=True
+        ).start()
+        return "started"
+
+    def _work(self, cycle_time: datetime) -> None:
+        current: datetime | None = cycle_time
+        while current is not None:
+            try:
+                self._run(current)
+            except Exception:  # `run` logs its own errors: this only keeps the runner alive
+                log.exception("cycle_runner_error", cycle_time=current.isoformat())
+            with self._lock:
+                self._last = current
+                current, self._pending = (None if self._closed else self._pending), None
+                self._running = current
+                self._since = None if current is None else time.monotonic()
+                if current is None:
+                    self._idle.set()
+
+    def running_for(self) -> float | None:
+        """Seconds the running cycle has been running, None when idle."""
+        since = self._since
+        return None if since is None else time.monotonic() - since
+
+    def close(self) -> None:
+        """Accept no more cycles; a waiting one is dropped."""
+        with self._lock:
+            self._closed = True
+            if self._pending is not None:
+                log.warning("cycle_dropped_at_stop", cycle_time=self._pending.isoformat())
+            self._pending = None
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self._idle.wait(timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+
+
+def _problem_keys(problems: Sequence[str]) -> list[str]:
+    """The keys named by `<file>: <key>: <what>` problem lines."""
+    keys = []
+    for p in problems:
+        parts = p.split(": ", 2)
+        if len(parts) == 3:
+            keys.append(parts[1])
+    return keys
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _local(value: datetime, zone: tzinfo) -> str:
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _default_cycle_factory(config: Config, store: Store) -> CycleLike:
+    from rorfeed.cycle import Cycle
+
+    return Cycle(config, store)
+
+
+class _StartError(Exception):
+    """The daemon cannot start (exit 1); the message says why."""
+
+
+class Daemon:
+    """Everything `serve` runs, for one configuration and one state store.
+
+    `trigger`, `cycle_factory`, `notifier`, `clock` and `stop_grace` are injectable for tests;
+    `serve` uses the defaults.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        trigger: Trigger | None = None,
+        cycle_factory: CycleFactory = _default_cycle_factory,
+        notifier: Notifier | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], datetime] | None = None,
+        stop_grace: float = STOP_GRACE_SECONDS,
+    ) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from rorfeed.metrics import Metrics
+
+        self.config = config
+        self.store = store
+        rlog.register_secrets(config.secrets.values())
+        self._trigger = trigger if trigger is not None else schedule_trigger(config)
+        self._cycle_factory = cycle_factory
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics: Metrics = Metrics(self.registry, config, store)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.stop_grace = stop_grace
+        self.runner = CycleRunner(self._run_cycle)
+        self.ready = threading.Event()
+        self.metrics_address: tuple[str, int] | None = None
+        self._lock = threading.Lock()
+        self._scheduler: Any = None
+        self._server: WSGIServer | None = None
+        self._stall_logged = False
+        self._stop_signal: int | None = None
+        self._reload_requested = False
+        self._wake_w: socket.socket | None = None
+
+    # -- requests (from signal handlers or tests) ---------------------------------------------
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        self._wake()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        wake = self._wake_w
+        if wake is not None:
+            with contextlib.suppress(OSError):  # already awake (buffer full), or closed at exit
+                wake.send(b"\0")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only flags and a non-blocking send here: nothing that takes a lock.
+        if signum == signal.SIGHUP:
+            self.request_reload()
+        else:
+            self.request_stop(signum)
+
+    # -- main loop ----------------------------------------------------------------------------
+
+    def run(self, *, install_signals: bool = True) -> int:
+        """Start, serve until asked to stop, stop; the process exit code."""
+        wake_r, self._wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        previous: dict[signal.Signals, Any] = {}
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            try:
+                self._start()
+            except _StartError as exc:
+                print(f"rorfeed: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            while self._stop_signal is None:
+                select.select([wake_r], [], [], 60.0)
+                with contextlib.suppress(OSError):  # BlockingIOError: nothing more to read
+                    while wake_r.recv(64):
+                        pass
+                if self._reload_requested and self._stop_signal is None:
+                    self._reload_requested = False
+                    self.reload()
+            return self._stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            wake_w, self._wake_w = self._wake_w, None
+            wake_w.close()
+            wake_r.close()
+
+    def _start(self) -> None:
+        from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
+            BackgroundScheduler,
+        )
+
+        config = self.config
+        log.info(
+            "starting",
+            config=str(config.path),
+            schedule=config.file.daemon.schedule,
+            timezone=config.file.daemon.timezone,
+            state=_display_state_url(config.state_url),
+        )
+        listen = config.file.metrics.listen
+        error = self._try_metrics_server(listen)
+        if error:
+            raise _StartError(
+                f"{config.path.name}: metrics.listen: cannot listen on {listen}: {error}"
+            )
+        history: list[Any] = []
+        try:
+            history = self.store.recent_cycles(100)
+        except StateError as exc:
+            # The store may come back before the first cycle: start anyway, and say so.
+            log.warning("state_unreadable", error=str(exc))
+        self.metrics.restore(history)
+
+        self._scheduler = BackgroundScheduler(timezone=UTC, daemon=True)
+        self._scheduler.add_job(
+            self._on_fire,
+            trigger=self._trigger,
+            id=CYCLE_JOB,
+            name="rorfeed cycle",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        watchdog = self.notifier.watchdog_seconds
+        if watchdog:
+            self._scheduler.add_job(
+                self._watchdog,
+                trigger="interval",
+                seconds=watchdog / 2,
+                id=WATCHDOG_JOB,
+                name="systemd watchdog",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        self._scheduler.start()
+        next_run = self._next_run()
+        self.notifier.ready(f"waiting; next cycle {next_run}")
+        self.notifier.watchdog()
+        log.info("ready", next_cycle=next_run, metrics=self._metrics_url())
+        self.ready.set()
+
+        last = history[0].cycle_time if history else None
+        missed = missed_run(self._trigger, last, self._clock())
+        if missed is not None:
+            log.info(
+                "catch_up",
+                missed=missed.isoformat(),
+                last_cycle=last.isoformat() if last else None,
+            )
+            self.runner.submit(missed)
+
+    def _stop(self) -> int:
+        signum = self._stop_signal
+        name = signal.Signals(signum).name if signum else "request"
+        running = self.runner.running_for() is not None
+        self.notifier.stopping("stopping: finishing the running cycle" if running else "stopping")
+        log.info("stopping", signal=name, cycle_running=running)
+        self._shutdown_scheduler()
+        self.runner.close()
+        deadline = time.monotonic() + self.stop_grace
+        interval = (self.notifier.watchdog_seconds or 20.0) / 2
+        finished = self.runner.wait_idle(0)
+        while not finished and time.monotonic() < deadline:
+            finished = self.runner.wait_idle(min(interval, max(0.0, deadline - time.monotonic())))
+            self.notifier.watchdog()
+        if not finished:
+            log.error(
+                "cycle_abandoned",
+                grace_seconds=self.stop_grace,
+                detail="the cycle did not finish in time; the next start settles its deliveries",
+            )
+        self._stop_metrics_server()
+        log.info("stopped", signal=name)
+        return EXIT_OK
+
+    def _shutdown_scheduler(self) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    # -- scheduler jobs -----------------------------------------------------------------------
+
+    def _on_fire(self) -> None:
+        """The `cycle` job: hand the scheduled fire time to the runner (returns at once)."""
+        now = self._clock()
+        with self._lock:
+            trigger = self._trigger
+        fire = previous_fire_time(trigger, now) or now
+        self.runner.submit(fire)
+
+    def _watchdog(self) -> None:
+        """The `watchdog` job: runs in the scheduler, so a ping proves the scheduler alive."""
+        running = self.runner.running_for()
+        if running is not None and running > CYCLE_STALL_SECONDS:
+            if not self._stall_logged:
+                self._stall_logged = True
+                log.error(
+                    "cycle_stalled",
+                    running_seconds=round(running),
+                    detail="watchdog pings stopped: systemd will restart the daemon",
+                )
+            return
+        self._stall_logged = False
+        self.notifier.watchdog()
+
+    def _next_run(self) -> str:
+        job = self._scheduler.get_job(CYCLE_JOB) if self._scheduler is not None else None
+        when: datetime | None = getattr(job, "next_run_time", None)
+        return _local(when, self.config.zone) if when is not None else "none"
+
+    # -- one cycle ----------------------------------------------------------------------------
+
+    def _run_cycle(self, cycle_time: datetime) -> None:
+        cycle_id = f"{cycle_time.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        started = time.monotonic()
+        with structlog.contextvars.bound_contextvars(cycle_id=cycle_id):
+            with self._lock:
+                config, store = self.config, self.store
+            log.info("cycle_start", cycle_time=cycle_time.isoformat())
+            report: CycleReport | None = None
+            error: str | None = None
+            try:
+                report = self._cycle_factory(config, store).run(cycle_time)
+            except RorfeedError as exc:
+                error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            except Exception as exc:  # a bug must not stop the feed: see the module docstring
+                error = f"internal error: {type(exc).__name__}"
+                log.exception("cycle_crashed", cycle_time=cycle_time.isoformat())
+            when = _local(cycle_time, config.zone)
+            if report is not None:
+                self.metrics.observe_cycle(report)
+                status = (
+                    f"last cycle {when}: {report.outcome}, {report.sent} sent, "
+                    f"{report.rejected} rejected"
+                )
+            else:
+                log.error("cycle_failed", cycle_time=cycle_time.isoformat(), error=error)
+                self.metrics.observe_cycle_error(time.monotonic() - started)
+                # `systemctl status` shows this to every user: never a secret in it either.
+                status = rlog.scrub(f"last cycle {when}: failed ({error})")
+            self.notifier.status(f"{status}; next cycle {self._next_run()}")
+
+    # -- reload -------------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Reload and validate the configuration; keep the running one if the new one is not."""
+        from rorfeed.state import open_store
+
+        path = self.config.path
+        old = self.config
+        try:
+            new = config_mod.load(path)
+            schedule_changed = (new.file.daemon.schedule, new.file.daemon.timezone) != (
+                old.file.daemon.schedule,
+                old.file.daemon.timezone,
+            )
+            trigger = schedule_trigger(new) if schedule_changed else None
+            store = self.store
+            if new.state_url != old.state_url:
+                try:
+                    store = open_store(new.state_url)
+                except StateError as exc:
+                    raise ConfigError([f"{path.name}: daemon.state_url: {exc}"]) from None
+        except ConfigError as exc:
+            problems = exc.problems
+        else:
+            self._apply(new, store, trigger)
+            return True
+        log.error(
+            "config_reload_rejected",
+            file=str(path),
+            keys=_problem_keys(problems),
+            problems=problems,
+            kept="the running configuration",
+        )
+        self.notifier.status(f"configuration reload rejected ({path}); running the previous one")
+        return False
+
+    def _apply(self, new: Config, store: Store, trigger: Trigger | None) -> None:
+        old = self.config
+        rlog.register_secrets(new.secrets.values())
+        with self._lock:
+            self.config, self.store = new, store
+            if trigger is not None:
+                self._trigger = trigger
+        if trigger is not None and self._scheduler is not None:
+            self._scheduler.reschedule_job(CYCLE_JOB, trigger=trigger)
+        self.metrics.set_config(new, store)
+        if new.file.metrics.listen != old.file.metrics.listen:
+            self._stop_metrics_server()
+            error = self._try_metrics_server(new.file.metrics.listen)
+            if error:
+                log.error(
+                    "metrics_listen_failed",
+                    file=str(new.path),
+                    key="metrics.listen",
+                    listen=new.file.metrics.listen,
+                    error=error,
+                )
+        log.info(
+            "config_reloaded",
+            file=str(new.path),
+            schedule=new.file.daemon.schedule,
+            schedule_changed=trigger is not None,
+            next_cycle=self._next_run(),
+        )
+
+    # -- metrics server -----------------------------------------------------------------------
+
+    def _start_metrics_server(self, listen: str) -> None:
+        from prometheus_client import start_http_server
+
+        if not listen:
+            log.info("metrics_disabled")
+            return
+        host, port = _parse_listen(listen)
+        server, _thread = start_http_server(port, host, registry=self.registry)
+        self._server = server
+        self.metrics_address = (host, int(server.server_address[1]))
+        log.info("metrics_listening", url=self._metrics_url(), port=self.metrics_address[1])
+
+    def _try_metrics_server(self, listen: str) -> str | None:
+        try:
+            self._start_metrics_server(listen)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
+    def _stop_metrics_server(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self.metrics_address = None
+
+    def _metrics_url(self) -> str | None:
+        if self.metrics_address is None:
+            return None
+        host, port = self.metrics_address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+
+def _display_state_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable URL)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def serve(config_path: Path) -> int:
+    """`rorfeed serve`: 0 after a clean stop, 1 when it cannot start, 2 on invalid config."""
+    from prometheus_client import disable_created_metrics
+
+    from rorfeed.state import open_store
+
+    try:
+        config = config_mod.load(config_path)
+        trigger = schedule_trigger(config)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return EXIT_USAGE
+    # The `_created` companions of counters serve no alert and double the series.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        store = open_store(config.state_url)
+    except StateError as exc:
+        print(f"rorfeed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return Daemon(config, store, trigger=trigger).run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m rorfeed.daemon [--config PATH]`: the same as `rorfeed serve`."""
+    parser = argparse.ArgumentParser(prog="rorfeed-serve", description="rorfeed serve")
+    parser.add_argument("--config", help="configuration file")
+    args = parser.parse_args(argv)
+    rlog.configure()
+    sys.exit(serve(config_mod.config_path(args.config)))
+
+
+if __name__ == "__main__":
+    main()
