@@ -116,3 +116,47 @@ def test_state_store_works_on_postgresql(pg_server: object) -> None:
         assert again.history()[0].new == "added (auto)"
     finally:
         again.engine.dispose()
+
+
+def _downgrade_to_v1(url: str) -> None:
+    """Make the store look like one written by schema 1 (no accounts, no e-mail claims)."""
+    open_store(url).engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE users"))
+        conn.execute(text("ALTER TABLE emails DROP COLUMN claimed_at"))
+        conn.execute(text("UPDATE rorfeed_meta SET value = '1'"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_schema_1_store_is_migrated_without_losing_data(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("pg_server").create_db("migrate_test")
+    _downgrade_to_v1(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO emails (created_at, subject, body, attempts, last_error) "
+                "VALUES (:t, 'objet', 'corps', 2, 'relais en panne')"
+            ),
+            {"t": T0.replace(tzinfo=None)},
+        )
+    engine.dispose()
+    store = open_store(url)
+    try:
+        [email] = store.pending_emails()
+        assert (email.subject, email.attempts) == ("objet", 2)
+        assert store.claim_email(email.id, T0)
+        assert not store.claim_email(email.id, T0)  # a second process does not send it too
+        with store.engine.begin() as conn:
+            version = conn.execute(text("SELECT value FROM rorfeed_meta")).scalar_one()
+            assert version == str(SCHEMA_VERSION)
+            assert conn.execute(text("SELECT count(*) FROM users")).scalar_one() == 0
+    finally:
+        store.engine.dispose()

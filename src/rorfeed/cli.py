@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--establishment", metavar="FINESS", help="one establishment (default: all)")
     _change_arguments(kill)
 
+    sub.add_parser("web", help="the web page for the chef de projet and the bed-management cell")
+    accounts = sub.add_parser("users", help="accounts of the web page")
+    accounts.add_argument("action", choices=("add", "passwd", "disable", "list"))
+    accounts.add_argument("name", nargs="?", help="account name (for list: only this one)")
+    accounts.add_argument(
+        "--role",
+        choices=("lead", "viewer"),
+        help="lead: may switch units and kill-switches; viewer: reads only (add needs it)",
+    )
+    accounts.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="read the password from PATH ('-' = stdin) instead of asking twice",
+    )
+
     history = sub.add_parser("history", help="the audit trail, newest first")
     history.add_argument("--unit", help="local code or ROR fiche id")
     history.add_argument("--limit", type=int, default=50)
@@ -105,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rlog.configure()
     path = config_mod.config_path(args.config)
     if args.command == "serve":
-        from rorfeed.daemon import serve
+        from rorfeed.daemon import serve as serve_daemon
 
-        return serve(path)  # it validates the configuration itself, and again at each SIGHUP
+        return serve_daemon(path)  # it validates the configuration itself, and again at each SIGHUP
     try:
         config = config_mod.load(path)
     except ConfigError as exc:
@@ -129,15 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _units(config, args.json)
         if args.command == "history":
             return _history(config, args.unit, args.limit, args.json)
-        if args.command in ("units", "killswitch"):
-            from rorfeed.control import Control, Directory
-            from rorfeed.notify import Notifier
+        if args.command == "web":
+            from rorfeed.web.app import serve as serve_web
 
-            directory = Directory(
-                {e.finess: e.name for e in config.file.establishments}, config.zone
-            )
-            control = Control(_open_store(config), directory, Notifier.from_config(config))
-            return _change(control, args)
+            return serve_web(config)
+        if args.command == "users":
+            from rorfeed.web.accounts_cli import users
+
+            return users(config, args.action, args.name, args.role, args.password_file)
+        if args.command in ("units", "killswitch"):
+            from rorfeed.control import Control
+
+            return _change(Control.from_config(config, _open_store(config)), args)
     except StateError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
         return EXIT_FAILED

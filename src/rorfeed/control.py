@@ -14,6 +14,7 @@ from datetime import UTC, datetime, tzinfo
 
 import structlog
 
+from rorfeed.config import Config
 from rorfeed.errors import RorfeedError
 from rorfeed.model import KillswitchEvent, Mode, UnitModeEvent, UnitRef
 from rorfeed.notify import Notifier, compose_killswitch, compose_unit_changes
@@ -70,6 +71,17 @@ class Control:
         self.directory = directory
         self.notifier = notifier
         self.clock = clock
+
+    @classmethod
+    def from_config(
+        cls, config: Config, store: Store, clock: Callable[[], datetime] | None = None
+    ) -> Control:
+        """The Control every door builds: names and zone from the configuration, e-mail."""
+        directory = Directory({e.finess: e.name for e in config.file.establishments}, config.zone)
+        notifier = Notifier.from_config(config)
+        if clock is None:
+            return cls(store, directory, notifier)
+        return cls(store, directory, notifier, clock)
 
     # -- resolution -----------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import structlog
 
 from rorfeed import pivot
 from rorfeed.config import Config, EstablishmentSection
-from rorfeed.control import Control, Directory
+from rorfeed.control import Control
 from rorfeed.errors import MappingError, SourceError
 from rorfeed.killswitch import (
     Thresholds,
@@ -31,7 +31,6 @@ from rorfeed.killswitch import (
 )
 from rorfeed.mapping import Mapping, parse_mapping
 from rorfeed.model import Extraction, MappedUnit, Snapshot, SourceRow, UnitRecord
-from rorfeed.notify import Notifier
 from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
 from rorfeed.rules import RuleOptions, Verdict, check_unit
 from rorfeed.sources import open_source
@@ -158,12 +157,7 @@ class Cycle:
         self.store = store
         self.clock = clock
         self.outbox = Outbox(config.work_dir, store)
-        self.control = Control(
-            store,
-            Directory({e.finess: e.name for e in config.file.establishments}, config.zone),
-            Notifier.from_config(config),
-            clock,
-        )
+        self.control = Control.from_config(config, store, clock)
         r = config.file.rules
         self.thresholds = Thresholds(
             r.manual_after_cycles, r.killswitch_after_cycles, r.killswitch_rejected_share

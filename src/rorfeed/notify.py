@@ -458,6 +458,8 @@ class Notifier:
                     error = error or f"flush stopped after {self.flush_budget:g} s"
                     log.warning("email_flush_budget_spent", waiting=len(pending) - sent)
                     break
+                if not store.claim_email(row.id, now):
+                    continue  # sent meanwhile, or being sent by another rorfeed process
                 step_timeout = max(0.1, min(self.step_timeout, remaining))
                 try:
                     if smtp is None:

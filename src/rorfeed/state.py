@@ -11,10 +11,10 @@ every row) and refuses one written by a newer rorfeed, without touching it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from rorfeed.errors import StateError
 from rorfeed.model import BedCounts, MappedUnit, Mode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+EMAIL_CLAIM_TIMEOUT = timedelta(minutes=10)
 ACTOR_RORFEED = "rorfeed"
 GLOBAL = "*"  # the key of the global kill-switch
 
@@ -176,6 +177,10 @@ emails_t = Table(
     Column("subject", Text, nullable=False),
     Column("body", Text, nullable=False),
     Column("sent_at", UTCDateTime),
+    # Set by the process sending it, so that two processes flushing at once (daemon, CLI,
+    # web page) never send the same e-mail twice; a claim older than EMAIL_CLAIM_TIMEOUT is
+    # a crashed sender's, and is taken over.
+    Column("claimed_at", UTCDateTime),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=False, default=""),
 )
@@ -883,6 +888,21 @@ class Store:
                 EmailRow(r.id, r.created_at, r.subject, r.body, r.attempts) for r in conn.execute(q)
             ]
 
+    def claim_email(self, email_id: int, now: datetime) -> bool:
+        """Take the e-mail for sending; False when sent, or being sent by another process."""
+        with self.tx() as conn:
+            result = conn.execute(
+                update(emails_t)
+                .where(
+                    emails_t.c.id == email_id,
+                    emails_t.c.sent_at.is_(None),
+                    emails_t.c.claimed_at.is_(None)
+                    | (emails_t.c.claimed_at < now - EMAIL_CLAIM_TIMEOUT),
+                )
+                .values(claimed_at=now)
+            )
+            return result.rowcount == 1
+
     def email_sent(self, email_id: int, now: datetime) -> None:
         with self.tx() as conn:
             conn.execute(
@@ -896,7 +916,7 @@ class Store:
             conn.execute(
                 update(emails_t)
                 .where(emails_t.c.id == email_id)
-                .values(attempts=emails_t.c.attempts + 1, last_error=error)
+                .values(attempts=emails_t.c.attempts + 1, last_error=error, claimed_at=None)
             )
 
     # -- web accounts ---------------------------------------------------------------------
@@ -1022,8 +1042,18 @@ class Store:
 # ---------------------------------------------------------------------------------------------
 # Opening, creating, migrating
 
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Version 2: the web page's accounts, and the claim that stops double e-mails."""
+    users_t.create(conn, checkfirst=True)
+    columns = {c["name"] for c in inspect(conn).get_columns(emails_t.name)}
+    if "claimed_at" not in columns:
+        column = emails_t.c.claimed_at.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {emails_t.name} ADD COLUMN claimed_at {column}")
+
+
 # Migrations from version N to N+1, as functions of a connection. Each keeps every row.
-MIGRATIONS: dict[int, Any] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
 
 
 def open_store(url: str) -> Store:

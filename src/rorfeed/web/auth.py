@@ -1,0 +1,157 @@
+"""Accounts of the web page: Argon2id hashes, roles, login throttling (SPEC §10).
+
+Passwords are hashed with Argon2id (`argon2-cffi`, its RFC 9106 parameters) and never kept,
+logged or shown in clear. After `MAX_FAILURES` wrong passwords in a row an account is refused
+for `LOCK_DURATION`, even with the right password; a login with an unknown or disabled name
+costs the same hashing time as a real one, so timing does not tell which names exist.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import structlog
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from rorfeed.errors import RorfeedError
+from rorfeed.state import ACTOR_RORFEED, Store, WebUser
+
+log = structlog.get_logger("rorfeed.web")
+
+MAX_FAILURES = 5
+LOCK_DURATION = timedelta(minutes=15)
+MIN_PASSWORD_CHARS = 12
+MAX_PASSWORD_CHARS = 1024  # hashing a huge input is a cheap denial of service
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+# Argon2id takes 64 MiB per hash with the default parameters: at most two at once, so a burst
+# of logins cannot take the server's memory.
+_HASHING = threading.BoundedSemaphore(2)
+
+
+class Role(StrEnum):
+    LEAD = "lead"  # the chef de projet: switches units and kill-switches
+    VIEWER = "viewer"  # the bed-management cell, ops: sees everything, changes nothing
+
+
+class AccountError(RorfeedError):
+    """An account operation was refused (bad name, weak password, unknown account…)."""
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name):
+        raise AccountError(
+            f"invalid account name {name!r}: 1 to 64 characters among letters, digits "
+            "and . _ @ -, starting with a letter or digit"
+        )
+    if name.lower() == ACTOR_RORFEED:
+        raise AccountError(
+            f'"{ACTOR_RORFEED}" is reserved for rorfeed\'s own automatic changes: '
+            "choose another account name"
+        )
+    return name
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise AccountError(f"the password must have at most {MAX_PASSWORD_CHARS} characters")
+    return password
+
+
+class LoginOutcome(StrEnum):
+    OK = "ok"
+    REFUSED = "refused"  # unknown name, disabled account or wrong password: one answer
+    LOCKED = "locked"  # too many failures: refused until `locked_until`
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    outcome: LoginOutcome
+    user: WebUser | None = None
+    locked_until: datetime | None = None
+
+
+class Accounts:
+    """Account operations over the state store, with an injectable clock and hasher."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.hasher = hasher or PasswordHasher()  # Argon2id
+        self._dummy_hash: str | None = None
+
+    def hash(self, password: str) -> str:
+        with _HASHING:
+            return self.hasher.hash(check_password(password))
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        if len(password) > MAX_PASSWORD_CHARS:
+            return False
+        with _HASHING:
+            try:
+                return self.hasher.verify(password_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+    def add(self, name: str, role: Role, password: str) -> None:
+        self.store.add_web_user(check_name(name), role.value, self.hash(password), self.clock())
+
+    def set_password(self, name: str, password: str, role: Role | None = None) -> None:
+        if not self.store.set_web_password(
+            name, self.hash(password), self.clock(), None if role is None else role.value
+        ):
+            raise AccountError(f"no account named {name!r}")
+
+    def disable(self, name: str) -> None:
+        if not self.store.disable_web_user(name, self.clock()):
+            raise AccountError(f"no account named {name!r}")
+
+    def user(self, name: str) -> WebUser | None:
+        return self.store.web_user(name)
+
+    def authenticate(self, name: str, password: str) -> LoginResult:
+        """Check a login; counts failures and locks the account after MAX_FAILURES."""
+        now = self.clock()
+        user = self.store.web_user(name) if _NAME_RE.fullmatch(name) else None
+        if user is None or user.disabled or user.role not in {r.value for r in Role}:
+            self._verify(self._dummy(), password)  # the same cost as a real check
+            return LoginResult(LoginOutcome.REFUSED)
+        if user.locked_until is not None and user.locked_until > now:
+            return LoginResult(LoginOutcome.LOCKED, locked_until=user.locked_until)
+        if not self._verify(user.password_hash, password):
+            locked_until = self.store.web_login_failed(name, now, MAX_FAILURES, now + LOCK_DURATION)
+            if locked_until is not None:
+                log.warning("web_account_locked", account=name, until=locked_until.isoformat())
+                return LoginResult(LoginOutcome.LOCKED, locked_until=locked_until)
+            return LoginResult(LoginOutcome.REFUSED)
+        rehashed = None
+        if self.hasher.check_needs_rehash(user.password_hash):
+            rehashed = self.hash(password) if len(password) >= MIN_PASSWORD_CHARS else None
+        self.store.web_login_succeeded(name, now, rehashed)
+        return LoginResult(LoginOutcome.OK, user=user)
+
+    def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            with _HASHING:
+                self._dummy_hash = self.hasher.hash("rorfeed: no such account")
+        return self._dummy_hash
+
+
+def password_fingerprint(user: WebUser) -> str:
+    """A short digest of the stored hash: a new password ends the sessions opened before it."""
+    import hashlib
+
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
