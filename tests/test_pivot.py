@@ -474,3 +474,17 @@ def test_samples_are_what_rorfeed_renders_now_and_validate(fmt: str) -> None:
         "samples/ is stale: run `python samples/make_samples.py`"
     )
     WRITERS[fmt].validate(path.read_bytes())
+
+
+@pytest.mark.parametrize("field", ["nom_etablissement", "finess_etablissement"])
+def test_json_schema_refuses_text_ending_in_a_newline(field: str) -> None:
+    import json as std_json
+
+    from rorfeed.errors import PivotInvalid
+    from rorfeed.pivot import json as pivot_json
+
+    doc = std_json.loads(WRITERS["json"].render(small_snapshot()))
+    doc[field] += "\n"
+    doc["unites"][0]["id_fiche_ror"] += "\n"
+    with pytest.raises(PivotInvalid):
+        pivot_json.validate(std_json.dumps(doc).encode() + b"\n")

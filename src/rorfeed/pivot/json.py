@@ -100,7 +100,13 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
         if len(node) != 1 or not isinstance(ref, str) or not ref.startswith(prefix):
             raise ValueError(f"pivot.schema.json: cannot inline {node!r}")
         return _inline_refs(defs[ref.removeprefix(prefix)], defs)
-    return {key: _inline_refs(value, defs) for key, value in node.items() if key != "$defs"}
+    out = {key: _inline_refs(value, defs) for key, value in node.items() if key != "$defs"}
+    pattern = out.get("pattern")
+    if isinstance(pattern, str) and pattern.endswith("$"):
+        # jsonschema applies patterns with Python's re.search, where "$" also matches before
+        # a final newline: \Z keeps a fiche id ending in a newline from passing.
+        out["pattern"] = pattern[:-1] + "\\Z"
+    return out
 
 
 def _order(parts: Iterable[str | int]) -> list[tuple[int, int, str]]:
