@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.pg", "tests.sshd", "tests.smtp"]
+pytest_plugins = ["tests.pg", "tests.sshd", "tests.smtp", "tests.faults.plugin"]

@@ -109,6 +109,7 @@ class Sshd:
     known_hosts: Path = field(init=False)  # the server's ed25519 host key, both ports
     passphrase: str = PASSPHRASE
     keys: Path | None = None  # where the keys are (default: base/keys)
+    sftp_subsystem: str = "internal-sftp"  # the `Subsystem sftp` command of the read-write port
     _dirs: Iterator[int] = field(default_factory=count, init=False)
 
     def __post_init__(self) -> None:
@@ -243,7 +244,7 @@ AllowTcpForwarding no
 X11Forwarding no
 MaxStartups 100
 LogLevel VERBOSE
-Subsystem sftp internal-sftp
+Subsystem sftp {server.sftp_subsystem}
 Match LocalPort {server.readonly_port}
     ForceCommand internal-sftp -R
 """,
@@ -292,7 +293,7 @@ def _exclusive(lock: Path, seconds: float) -> Iterator[None]:
         os.close(fd)
 
 
-def _start(base: Path, keys: Path | None = None) -> Sshd:
+def _start(base: Path, keys: Path | None = None, sftp_subsystem: str = "internal-sftp") -> Sshd:
     """Start sshd with its files under `base` (an empty folder) and its keys in `keys` (made
     there when missing; default `base/keys`); `SshdUnavailable` when it cannot."""
     if not SSHD.exists():
@@ -308,7 +309,14 @@ def _start(base: Path, keys: Path | None = None) -> Sshd:
         )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    server = Sshd(base=base, port=_free_port(), readonly_port=_free_port(), user=user, keys=keys)
+    server = Sshd(
+        base=base,
+        port=_free_port(),
+        readonly_port=_free_port(),
+        user=user,
+        keys=keys,
+        sftp_subsystem=sftp_subsystem,
+    )
     assert server.keys is not None
     with _exclusive(server.keys.parent / f"{server.keys.name}.lock", 120):
         _generate_keys(server)
@@ -372,13 +380,16 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
 
 
 @contextmanager
-def running_sshd(base: Path, keys: Path | None = None) -> Iterator[Sshd]:
+def running_sshd(
+    base: Path, keys: Path | None = None, sftp_subsystem: str = "internal-sftp"
+) -> Iterator[Sshd]:
     """A real OpenSSH server with its files under `base` (an empty folder), stopped on exit.
 
     Its keys are read from `keys` (generated there when missing; default `base/keys`).
-    Raises `SshdUnavailable` when it cannot be started.
+    `sftp_subsystem` is the `Subsystem sftp` command (e.g. a wrapper that logs every SFTP
+    operation). Raises `SshdUnavailable` when it cannot be started.
     """
-    server = _start(base, keys)
+    server = _start(base, keys, sftp_subsystem)
     try:
         yield server
     finally:

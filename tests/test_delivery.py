@@ -5,12 +5,12 @@ destination pointing at the session's sshd, tests/sshd.py) and checks what SPEC 
 on the server's folder and in the delivery ledger: whole files under their final names only,
 never twice, never stale, every failure reported and bounded in time. A small TCP relay
 (`Relay`) stands between rorfeed and the sshd where the network must misbehave: refuse, drop,
-stay mute, slow down or be cut in the middle of an upload.
+stay mute, slow down or be cut in the middle of an upload. The site and the relay are shared
+with the fault-injection suite (tests/faults/site.py, tests/faults/net.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -18,277 +18,41 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Literal
 
 import paramiko
 import pytest
-from sqlalchemy import select
 
 from rorfeed.cli import main
-from rorfeed.config import Config, load
-from rorfeed.cycle import Cycle, CycleReport, file_timestamp
+from rorfeed.config import load
+from rorfeed.cycle import CycleReport
 from rorfeed.model import BedCounts
 from rorfeed.outbox import Outbox
-from rorfeed.state import Store, files_t, open_store
+from rorfeed.state import open_store
 from rorfeed.transports import open_transport
+from tests.faults.net import Relay
+from tests.faults.site import (
+    DESTINATION,
+    FINESS,
+    Site,
+    cycle_time_of,
+    known_hosts_for,
+    names,
+    utc_now,
+    wait_for_next_second,
+)
 from tests.sshd import Sshd
 
 pytestmark = pytest.mark.sshd
-
-FINESS = "750712184"
-DESTINATION = "operator"
-EXTENSIONS = ("csv", "json", "xml")  # the order files are sent in (by name)
-
-ESTABLISHMENT = """
-[daemon]
-work_dir = "work"
-
-[[establishments]]
-name = "{name}"
-finess = "750712184"
-mapping = "mapping.csv"
-
-[establishments.source]
-kind = "csv"
-path = "export.csv"
-"""
-
-
-def names(t: datetime) -> list[str]:
-    """The file names of cycle `t`, in the order they are sent."""
-    return [f"rorlits_{FINESS}_{file_timestamp(t)}.{ext}" for ext in EXTENSIONS]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def cycle_time_of(name: str) -> datetime:
-    """The cycle time in a file name `rorlits_<finess>_<YYYYMMDDTHHMMSSZ>.<ext>`."""
-    stamp = name.rsplit("_", 1)[1].split(".", maxsplit=1)[0]
-    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-
-
-# -- the site ---------------------------------------------------------------------------------
-
-
-class Site:
-    """An establishment's rorfeed set-up in a folder, delivering to the test sshd."""
-
-    def __init__(self, root: Path, sshd: Sshd, units: int = 2, name: str = "Hôpital Test") -> None:
-        self.root = root
-        self.sshd = sshd
-        self.name = name
-        self.remote = sshd.remote_dir()
-        self.config_path = root / "rorfeed.toml"
-        self.write_source(units)
-        self.config = self.configure()
-        self._store: Store | None = None
-
-    def write_source(self, units: int) -> None:
-        codes = [f"U{i:05d}" for i in range(units)]
-        (self.root / "mapping.csv").write_text(
-            "local_code;ror_id;label\n" + "".join(f"{c};52/{c[1:]};Unité {c}\n" for c in codes),
-            encoding="utf-8",
-        )
-        (self.root / "export.csv").write_text(
-            "unit;installed;closed;available\n" + "".join(f"{c};20;2;5\n" for c in codes),
-            encoding="utf-8",
-        )
-
-    def configure(self, **destination: object) -> Config:
-        """Write rorfeed.toml with the sftp destination's keys overridden; return it loaded."""
-        remote = destination.pop("remote_dir", self.remote)
-        block = self.sshd.destination_toml(remote, name=DESTINATION, **destination)  # type: ignore[arg-type]
-        self.config_path.write_text(ESTABLISHMENT.format(name=self.name) + block, encoding="utf-8")
-        self.config = load(self.config_path)
-        return self.config
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = open_store(self.config.state_url)
-        return self._store
-
-    def cycle(self, t: datetime, config: Config | None = None) -> CycleReport:
-        return Cycle(config or self.config, self.store, clock=lambda: t).run(t)
-
-    # what is where
-
-    def outbox(self) -> list[str]:
-        folder = self.root / "work" / "outbox" / DESTINATION
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-    def archived(self, status: str) -> list[str]:
-        folder = self.root / "work" / "archive" / DESTINATION / status
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
-    def archive_copy(self, name: str, status: str = "delivered") -> bytes:
-        return (self.root / "work" / "archive" / DESTINATION / status / name).read_bytes()
-
-    def server(self) -> list[str]:
-        """Every entry of the remote folder, temporary names included."""
-        return sorted(p.name for p in self.remote.iterdir()) if self.remote.is_dir() else []
-
-    def ledger(self) -> dict[str, tuple[str, int]]:
-        """file name → (status, attempts)."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(files_t.c.file_name, files_t.c.status, files_t.c.attempts))
-            return {r.file_name: (r.status, r.attempts) for r in rows}
-
-    def last_errors(self) -> dict[str, str]:
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(files_t.c.file_name, files_t.c.last_error))
-            return {r.file_name: r.last_error for r in rows}
-
-    # runs
-
-    def run_once(self) -> int:
-        return main(["--config", str(self.config_path), "run-once"])
-
-    def run_once_process(self, kill: Literal["before", "after"] | None = None) -> int:
-        """`rorfeed run-once` in a child process; with `kill`, it SIGKILLs itself around the
-        first remote rename (through a wrapper script: no test hook in the product)."""
-        args = ["-m", "rorfeed.cli"]
-        if kill is not None:
-            wrapper = self.root / f"kill_{kill}_rename.py"
-            wrapper.write_text(KILL_WRAPPER.format(kill=kill), encoding="utf-8")
-            args = [str(wrapper)]
-        done = subprocess.run(
-            [sys.executable, *args, "--config", str(self.config_path), "run-once"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        self.last_stderr = done.stderr
-        return done.returncode
-
-
-KILL_WRAPPER = """\
-import os
-import signal
-import sys
-
-from rorfeed.cli import main
-from rorfeed.transports.sftp import SftpSession
-
-real_commit = SftpSession.commit
-
-
-def commit(self, temp_name, name):
-    if "{kill}" == "before":
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_commit(self, temp_name, name)
-    if "{kill}" == "after":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-SftpSession.commit = commit
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.fixture
 def site(tmp_path: Path, sshd: Sshd) -> Site:
     return Site(tmp_path, sshd)
-
-
-def wait_for_next_second(after: datetime) -> None:
-    """`run-once` names its files after the current second: make sure it is a new one."""
-    deadline = time.monotonic() + 5
-    while utc_now() <= after:
-        assert time.monotonic() < deadline, "the clock did not move"
-        time.sleep(0.05)
-
-
-# -- a misbehaving network --------------------------------------------------------------------
-
-
-class Relay:
-    """A loopback TCP relay to the sshd that can forward (optionally throttled), drop every
-    connection at once, accept and stay mute, or cut the connections it carries."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self.mode: Literal["forward", "drop", "mute"] = "forward"
-        self.rate: float | None = None  # bytes per second, client → server, when set
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port: int = self.listener.getsockname()[1]
-        self.connections: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            if self.mode == "drop":
-                conn.close()
-                continue
-            with self.lock:
-                self.connections.append(conn)
-            if self.mode == "mute":
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                conn.close()
-                continue
-            upstream.settimeout(None)
-            with self.lock:
-                self.connections.append(upstream)
-            for src, dst, throttled in ((conn, upstream, True), (upstream, conn, False)):
-                pump = threading.Thread(target=self._pump, args=(src, dst, throttled), daemon=True)
-                pump.start()
-                self.threads.append(pump)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, throttled: bool) -> None:
-        try:
-            while data := src.recv(8192):
-                dst.sendall(data)
-                rate = self.rate
-                if throttled and rate:
-                    time.sleep(len(data) / rate)
-        except OSError:
-            pass
-        finally:
-            for one in (src, dst):
-                with contextlib.suppress(OSError):
-                    one.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        """Break every connection the relay carries, as a failing network would."""
-        with self.lock:
-            connections, self.connections = self.connections, []
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.cut()
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -311,13 +75,6 @@ def closed_port() -> Iterator[int]:
     sock.bind(("127.0.0.1", 0))
     yield sock.getsockname()[1]
     sock.close()
-
-
-def known_hosts_for(site: Site, port: int) -> Path:
-    """known_hosts trusting the sshd's host key under another port (the relay's)."""
-    return site.sshd.write_known_hosts(
-        site.root / f"known_hosts_{port}", site.sshd.host_ed25519, port=port
-    )
 
 
 # -- success ----------------------------------------------------------------------------------

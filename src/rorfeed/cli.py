@@ -260,10 +260,12 @@ def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
         return EXIT_USAGE
     store = _open_store(config, read_only_if_missing=dry_run)
     last = store.recent_cycles(1)
-    if not dry_run and last and last[0].cycle_time >= now:
+    if not dry_run and last and last[0].cycle_time == now:
         # File names carry the cycle time to the second: two runs in the same second would
-        # write the same names. Wait for the next second rather than collide.
-        time.sleep(max(0.0, (last[0].cycle_time - now).total_seconds()) + 1.0)
+        # write the same names. Wait for the next second rather than collide. (A last cycle
+        # ahead of the clock — a clock set back — is no reason to wait for hours: the cycle
+        # runs, and its files, older than those delivered, are superseded.)
+        time.sleep(1.0)
         now = utc_now().replace(microsecond=0)
     report = Cycle(config, store).run(now, dry_run_dir=dry_dir)
     print(format_summary(report), file=sys.stderr)

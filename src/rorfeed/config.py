@@ -328,6 +328,10 @@ def parse_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{path}: not UTF-8 (byte {exc.start}) — save the configuration as UTF-8"]
+        ) from None
 
 
 def load(path: Path) -> Config:

@@ -304,6 +304,8 @@ class Cycle:
     def _apply_decisions(self, finess: str, verdicts: dict[str, Verdict]) -> None:
         """Units rejected for too many consecutive cycles leave the feed (SPEC §6)."""
         rejected = {ror for ror, v in verdicts.items() if v.record is None}
+        if not rejected:
+            return  # the common case: no need to read every unit back
         states = [u for u in self.store.units(finess) if u.ror_id in rejected]
         due = set(units_to_switch({u.ror_id: u.streak for u in states}, self.thresholds))
         for unit in (u for u in states if u.ror_id in due):
@@ -345,9 +347,20 @@ class Cycle:
         written: list[Path] = []
         snapshot_id = None
         if dry_run_dir is None:
-            snapshot_id = self.store.add_snapshot(
+            snapshot_id = self.store.add_snapshot_once(
                 snapshot.finess, cycle_time, {u.ror_id: u.counts for u in snapshot.units}
             )
+            if snapshot_id is None:
+                # This cycle time ran before (a daemon killed mid-cycle, restarted, catches the
+                # same fire time up; a clock set back): its files keep their first content,
+                # and the delivery below sends those still waiting.
+                log.warning(
+                    "files_already_written",
+                    finess=snapshot.finess,
+                    cycle_time=cycle_time.isoformat(),
+                    detail="an earlier run of this cycle time wrote them; they are not rewritten",
+                )
+                return written
         for dest in self.config.destinations_for(snapshot.finess):
             for fmt in dest.formats:
                 if fmt not in rendered:

@@ -7,6 +7,7 @@ RorfeedError
 ├── SourceError            a source could not give an extraction this cycle
 │   └── SourceTimeout      ... within its `timeout_seconds`
 ├── PivotInvalid           a rendered file does not match its shipped schema (a bug: never sent)
+├── WorkDirError           the work folder (outbox, archive) cannot be written: disk full, ...
 └── TransportError         a delivery step failed
     ├── HostKeyRejected    unknown or changed SSH host key
     ├── AuthFailed         the server refused our key
@@ -50,6 +51,10 @@ class PivotInvalid(RorfeedError):
     """A rendered pivot file does not validate against its schema."""
 
 
+class WorkDirError(RorfeedError):
+    """The work folder cannot be written (disk full, permissions): the cycle fails, loudly."""
+
+
 class TransportError(RorfeedError):
     """A delivery step failed; `cause` is a short stable label for metrics."""
 
@@ -74,3 +79,11 @@ class RemoteMissing(TransportError):
 
 class RemoteRefused(TransportError):
     cause = "remote_refused"
+
+
+def shown(text: str) -> str:
+    """Text read from someone else's file, fit for a one-line message: each character that is
+    not printable (a line break inside a quoted CSV cell, a control character) is escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

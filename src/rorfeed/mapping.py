@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from rorfeed.errors import MappingError
+from rorfeed.errors import MappingError, shown
 from rorfeed.model import MappedUnit, Mode
 
 COLUMNS = ("local_code", "ror_id", "label")
@@ -68,7 +68,7 @@ def parse_mapping(path: Path) -> Mapping:
         )
     unknown = [h for h in header if h not in (*COLUMNS, "mode")]
     if unknown:
-        problems.append(f"{path}:1: unknown column(s) {', '.join(unknown)}")
+        problems.append(f"{path}:1: unknown column(s) {shown(', '.join(unknown))}")
     index = {name: header.index(name) for name in header if name in (*COLUMNS, "mode")}
     units: list[MappedUnit] = []
     local_seen: dict[str, int] = {}
@@ -87,7 +87,7 @@ def parse_mapping(path: Path) -> Mapping:
         local_code, ror_id, label = cell("local_code"), cell("ror_id"), cell("label")
         mode_text = cell("mode").lower() or Mode.AUTO.value
         if mode_text not in (Mode.AUTO.value, Mode.MANUAL.value):
-            problems.append(f'{path}:{line}: mode "{mode_text}" — expected auto or manual')
+            problems.append(f'{path}:{line}: mode "{shown(mode_text)}" — expected auto or manual')
             continue
         mode = Mode(mode_text)
         if not ror_id:
@@ -95,18 +95,18 @@ def parse_mapping(path: Path) -> Mapping:
             continue
         if not local_code and mode is Mode.AUTO:
             problems.append(
-                f"{path}:{line}: empty local_code for ROR fiche {ror_id} — only a fiche declared "
-                "manual may have none"
+                f"{path}:{line}: empty local_code for ROR fiche {shown(ror_id)} — only a fiche"
+                " declared manual may have none"
             )
             continue
         if ror_id in ror_seen:
             problems.append(
-                f"{path}:{line}: ROR id {ror_id} already mapped on line {ror_seen[ror_id]} — "
-                "one ROR fiche = one line"
+                f"{path}:{line}: ROR id {shown(ror_id)} already mapped on line"
+                f" {ror_seen[ror_id]} — one ROR fiche = one line"
             )
         if local_code and local_code in local_seen:
             problems.append(
-                f"{path}:{line}: local code {local_code} already mapped on line "
+                f"{path}:{line}: local code {shown(local_code)} already mapped on line "
                 f"{local_seen[local_code]} — the mapping must be one-to-one"
             )
         ror_seen.setdefault(ror_id, line)

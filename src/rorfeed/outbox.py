@@ -14,7 +14,13 @@ Never twice, never stale, never older-after-newer (SPEC §7):
   ledger, and renamed to its final name. A crash (or a broken connection) after that point
   leaves an *unknown outcome*, settled before the next delivery: the final name on the server
   with the right size → delivered; otherwise → uncertain, never sent again (the operator may
-  already have taken it), and its temporary file is removed. A newer file follows anyway.
+  already have taken it), and its temporary file is removed. A newer file follows anyway;
+- a file enters the outbox as a temporary `.<name>.<pid>.tmp`, gets its ledger row, then its
+  name: a crash leaves no file the ledger does not know. The next delivery removes the
+  temporary files of dead writers, and the server's temporary copy of each file it drops
+  unsent (an upload cut short by a crash or the network).
+
+The work folder's own failures (a full disk) are `WorkDirError`s: the cycle fails, and says so.
 
 Time: the destination's `timeout_seconds` bounds the whole delivery of a cycle. A failed
 attempt is retried on a new session (with what is left of the budget) after a backoff, at most
@@ -44,6 +50,7 @@ from rorfeed.errors import (
     RemoteMissing,
     RemoteRefused,
     TransportError,
+    WorkDirError,
 )
 from rorfeed.state import (
     DELIVERED,
@@ -75,17 +82,54 @@ _LOCK_POLL_SECONDS = 0.1
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a reader sees the whole file or nothing, even on a crash."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = write_temp(path, data)
     try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """Write `data`, fsynced, to a temporary name beside `path`; return that name.
+
+    The name, `.<name>.<pid>.tmp`, carries the writer's process id: a temporary file whose
+    writer is dead was left by a crash, and the next delivery removes it (`Outbox._sweep`).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+@contextlib.contextmanager
+def _work_dir_errors(what: str) -> Iterator[None]:
+    """The work folder's failures (a full disk, ...) as `WorkDirError`, naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise WorkDirError(f"work folder: cannot {what}: {exc.strerror or exc}") from exc
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process that writes the temporary file `temp_name` still runs."""
+    pid = temp_name.rsplit(".", 2)[-2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fsync_dir(path: Path) -> None:
@@ -151,18 +195,33 @@ class Outbox:
         now: datetime,
     ) -> Path:
         folder = self.folder(destination)
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / file_name
-        write_atomic(path, data)
-        self.store.add_file(destination, file_name, snapshot_id, finess, cycle_time, len(data), now)
+        with _work_dir_errors(f"write {path}"):
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = write_temp(path, data)
+        # The ledger row comes before the final name: a crash leaves a temporary file (removed
+        # by the next delivery) or a row without its file (never sent), never a file that the
+        # ledger does not know, which would wait in the outbox forever.
+        try:
+            self.store.add_file(
+                destination, file_name, snapshot_id, finess, cycle_time, len(data), now
+            )
+            with _work_dir_errors(f"write {path}"):
+                tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        with _work_dir_errors(f"write {path}"):
+            fsync_dir(folder)
         return path
 
     def archive(self, destination: str, file_name: str, status: str) -> None:
         src = self.folder(destination) / file_name
         target_dir = self.work_dir / "archive" / destination / status
-        target_dir.mkdir(parents=True, exist_ok=True)
-        if src.exists():
-            src.replace(target_dir / file_name)
+        with _work_dir_errors(f"archive {src} in {target_dir}"):
+            target_dir.mkdir(parents=True, exist_ok=True)
+            if src.exists():
+                src.replace(target_dir / file_name)
 
     def purge_archive(self, keep_days: int, now: float | None = None) -> int:
         """Remove archived files older than `keep_days`; return how many."""
@@ -302,6 +361,9 @@ class Outbox:
         pending = self._drop_stale(
             destination, self.store.files(destination, (PENDING,)), clock(), max_age, report
         )
+        # A file dropped unsent may have left a temporary copy on the server (its upload was
+        # cut short by a crash or the network): removed in the session that sends the rest.
+        dropped = [*report.superseded, *report.expired]
         self._sweep(destination, {r.file_name for r in unknown + pending})
         if not unknown and not pending:
             return
@@ -318,6 +380,9 @@ class Outbox:
                         f" timeout_seconds ({timeout:g} s)"
                     )
                 with transport.open(remaining) as session:
+                    while dropped:
+                        session.discard(dropped[0])
+                        dropped.pop(0)
                     while unknown:
                         row = unknown[0]
                         record = production and row.snapshot_id not in recorded
@@ -371,15 +436,18 @@ class Outbox:
                 sleep(wait)
 
     def _sweep(self, destination: str, live: set[str]) -> None:
-        """Archive files left in the outbox by a crash after their ledger status became final."""
+        """Clean what a crash left in the outbox: archive the files whose ledger status became
+        final, remove the temporary files of writers that are dead."""
         folder = self.folder(destination)
         if not folder.is_dir():
             return
-        strays = {
-            p.name
-            for p in folder.iterdir()
-            if not p.name.startswith(".") and p.name not in live and p.is_file()
-        }
+        entries = [p for p in folder.iterdir() if p.is_file()]
+        for temp in entries:
+            name = temp.name
+            if name.startswith(".") and name.endswith(".tmp") and not _writer_alive(name):
+                temp.unlink(missing_ok=True)
+                log.info("outbox_temp_removed", destination=destination, file=name)
+        strays = {p.name for p in entries if not p.name.startswith(".") and p.name not in live}
         if not strays:
             return
         final = (DELIVERED, UNCERTAIN, SUPERSEDED, EXPIRED, WITHHELD)

@@ -41,7 +41,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from rorfeed.errors import StateError
@@ -740,6 +740,42 @@ class Store:
             assert key is not None  # noqa: S101 - an insert always has one
             return int(key[0])
 
+    def add_snapshot_once(
+        self, finess: str, cycle_time: datetime, counts: dict[str, BedCounts]
+    ) -> int | None:
+        """`add_snapshot`, unless files of `finess` at `cycle_time` were written already.
+
+        A cycle time can run twice — a daemon killed mid-cycle catches the same fire time up
+        when restarted, a clock set back repeats a time: a file name is written once, so the
+        files an earlier run staged stay as they are (None). An earlier snapshot with no file
+        yet takes the new counts.
+        """
+        payload = json.dumps(
+            {k: [c.installed, c.closed, c.available] for k, c in sorted(counts.items())}
+        )
+        with self.tx() as conn:
+            earlier = conn.execute(
+                select(snapshots_t.c.id).where(
+                    snapshots_t.c.finess == finess, snapshots_t.c.cycle_time == cycle_time
+                )
+            ).scalar_one_or_none()
+            if earlier is None:
+                result = conn.execute(
+                    insert(snapshots_t).values(finess=finess, cycle_time=cycle_time, counts=payload)
+                )
+                key = result.inserted_primary_key
+                assert key is not None  # noqa: S101 - an insert always has one
+                return int(key[0])
+            staged = conn.execute(
+                select(func.count()).select_from(files_t).where(files_t.c.snapshot_id == earlier)
+            ).scalar_one()
+            if staged:
+                return None
+            conn.execute(
+                update(snapshots_t).where(snapshots_t.c.id == earlier).values(counts=payload)
+            )
+            return int(earlier)
+
     def add_file(
         self,
         destination: str,
@@ -1059,7 +1095,10 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
 def open_store(url: str) -> Store:
     """Open (creating or upgrading as needed) the state store at `url`."""
     try:
-        engine = create_engine(url, future=True)
+        # A database server restarted between two cycles has closed the pooled connections:
+        # each is checked before use (SQLite has no server to lose).
+        server = make_url(url).get_backend_name() != "sqlite"
+        engine = create_engine(url, future=True, pool_pre_ping=server)
     except (SQLAlchemyError, ValueError) as exc:
         raise StateError(f"state store {url}: {exc}") from exc
     if engine.dialect.name == "sqlite":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rorfeed.errors import SourceError
+from rorfeed.errors import SourceError, shown
 from rorfeed.sources.base import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
 
@@ -15,7 +15,7 @@ def locate_columns(names: Sequence[str], where: str) -> dict[str, int]:
     appears twice (which of the two holds the count would be a guess).
     """
     normalized = [name.strip().lower() for name in names]
-    found = ", ".join(names) if names else "none"
+    found = shown(", ".join(names)) if names else "none"
     positions: dict[str, int] = {}
     for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
         at = [i for i, name in enumerate(normalized) if name == column]
