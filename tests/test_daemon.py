@@ -435,6 +435,13 @@ def test_reload_applies_a_valid_config_and_keeps_the_running_one_otherwise(
         assert daemon.config.file.daemon.schedule == "7 * * * *"  # kept
         assert daemon._scheduler.get_job("cycle").next_run_time == job.next_run_time
         assert daemon.ready.is_set()
+        registry = daemon.metrics.registry
+        assert registry.get_sample_value("rorfeed_config_last_reload_successful") == 0
+        assert registry.get_sample_value("rorfeed_config_reload_rejections_total") == 1
+        site.write_text(good)
+        assert daemon.reload()
+        assert registry.get_sample_value("rorfeed_config_last_reload_successful") == 1
+        assert registry.get_sample_value("rorfeed_config_reload_rejections_total") == 1
     rejected = next(e for e in json_logs() if e["event"] == "config_reload_rejected")
     assert rejected["level"] == "error"
     assert rejected["file"] == str(site)

@@ -102,6 +102,7 @@ def test_every_series_exists_from_the_start_at_zero(metrics: Metrics) -> None:
     assert value(metrics, "rorfeed_killswitch", finess=GLOBAL) == 0
     for dest in ("sesan", "sesan-test"):
         assert value(metrics, "rorfeed_delivery_failures_total", destination=dest) == 0
+        assert value(metrics, "rorfeed_delivery_attempt_failures_total", destination=dest) == 0
         assert value(metrics, "rorfeed_outbox_files", destination=dest) == 0
     # Last delivery: only the pairs the configuration sends (sesan-test receives A only).
     pairs = {
@@ -113,6 +114,8 @@ def test_every_series_exists_from_the_start_at_zero(metrics: Metrics) -> None:
     assert pairs == {(A, "sesan"), (B, "sesan"), (A, "sesan-test")}
     assert value(metrics, "rorfeed_emails_waiting") == 0
     assert value(metrics, "rorfeed_state_up") == 1
+    assert value(metrics, "rorfeed_config_last_reload_successful") == 1
+    assert value(metrics, "rorfeed_config_reload_rejections_total") == 0
     assert value(metrics, "rorfeed_start_time_seconds") == 1_800_000_000.0
 
 
@@ -133,8 +136,19 @@ def test_observe_cycle_counts_outcomes_records_and_deliveries(metrics: Metrics) 
             EstablishmentReport(B, "B", status="source_down", error="refused"),
         ],
         deliveries=[
-            DeliveryReport("sesan", delivered=["a.xml"], superseded=["old.xml"]),
-            DeliveryReport("sesan-test", failed=["a.xml"], error="timeout"),
+            # A first session cut, cured by the retry within the cycle: counted all the same.
+            DeliveryReport(
+                "sesan",
+                delivered=["a.xml"],
+                superseded=["old.xml"],
+                failures=Counter({"connection": 1}),
+            ),
+            DeliveryReport(
+                "sesan-test",
+                failed=["a.xml"],
+                error="timeout",
+                failures=Counter({"timeout": 2, "connection": 1}),
+            ),
         ],
         duration=4.2,
     )
@@ -156,6 +170,8 @@ def test_observe_cycle_counts_outcomes_records_and_deliveries(metrics: Metrics) 
     assert value(metrics, "rorfeed_delivery_failures_total", destination="sesan-test") == 1
     assert value(metrics, "rorfeed_delivery_failing", destination="sesan-test") == 1
     assert value(metrics, "rorfeed_delivery_failing", destination="sesan") == 0
+    assert value(metrics, "rorfeed_delivery_attempt_failures_total", destination="sesan") == 1
+    assert value(metrics, "rorfeed_delivery_attempt_failures_total", destination="sesan-test") == 3
 
     metrics.observe_cycle_error(0.5)
     assert value(metrics, "rorfeed_cycles_total") == 2

@@ -594,7 +594,9 @@ class Daemon:
             problems = exc.problems
         else:
             self._apply(new, store, trigger)
+            self.metrics.observe_reload(accepted=True)
             return True
+        self.metrics.observe_reload(accepted=False)
         log.error(
             "config_reload_rejected",
             file=str(path),

@@ -178,6 +178,25 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.attempt_failures = Counter(
+            "rorfeed_delivery_attempt_failures",
+            "Delivery attempts (sessions) that failed, including those a retry within the same"
+            " cycle cured; the log line delivery_attempt_failed names each cause",
+            ["destination"],
+            registry=r,
+        )
+        self.reload_ok = Gauge(
+            "rorfeed_config_last_reload_successful",
+            "0 when the last SIGHUP reload was rejected (the daemon runs the previous"
+            " configuration and would not start again on the file as it is), else 1",
+            registry=r,
+        )
+        self.reload_rejections = Counter(
+            "rorfeed_config_reload_rejections",
+            "SIGHUP reloads rejected because the new configuration is invalid",
+            registry=r,
+        )
+        self.reload_ok.set(1)
         self.state = StateCollector(config, store)
         r.register(self.state)
         self.start_time.set(clock())
@@ -206,6 +225,7 @@ class Metrics:
             self.uncertain,
             self.delivery_failures,
             self.delivery_failing,
+            self.attempt_failures,
         ):
             _prune(metric, self._destinations)
             for d in self._destinations:
@@ -238,11 +258,18 @@ class Metrics:
             self.superseded.labels(d.destination).inc(len(d.superseded))
             self.expired.labels(d.destination).inc(len(d.expired))
             self.uncertain.labels(d.destination).inc(len(d.uncertain))
+            self.attempt_failures.labels(d.destination).inc(sum(d.failures.values()))
             if d.ok:
                 self.delivery_failing.labels(d.destination).set(0)
             else:
                 self.delivery_failures.labels(d.destination).inc()
                 self.delivery_failing.labels(d.destination).set(1)
+
+    def observe_reload(self, *, accepted: bool) -> None:
+        """Account for one SIGHUP reload."""
+        self.reload_ok.set(1 if accepted else 0)
+        if not accepted:
+            self.reload_rejections.inc()
 
     def observe_cycle_error(self, duration: float) -> None:
         """Account for a cycle that ended on an error instead of a report."""

@@ -166,6 +166,10 @@ class Zygote:
             elif "exit" in message:
                 self.exits[message["exit"]] = message["code"]
             else:
+                # The kernel reuses process ids: an exit recorded for an earlier child with
+                # this id must not be read as the new child's. The fork server answers a
+                # spawn before it reaps anything newer, so this order is safe.
+                self.exits.pop(message["pid"], None)
                 self.replies[message["id"]] = message["pid"]
 
     def spawn(
@@ -534,6 +538,20 @@ def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         body: str = resp.read().decode()
         return body
+
+
+def scrape_after_cycles(port: int, cycles: int, timeout: float) -> str:
+    """The metrics once `cycles` cycles are counted: a cycle's last log line comes before
+    the daemon accounts for it, so a scrape right after the line may not show it yet."""
+    body = ""
+
+    def counted() -> bool:
+        nonlocal body
+        body = scrape(port)
+        return (sample(body, "rorfeed_cycles_total") or 0) >= cycles
+
+    wait_for(counted, timeout, f"{cycles} cycle(s) counted in the metrics")
+    return body
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from tests.faults.harness import (
     rng,
     sample,
     scrape,
+    scrape_after_cycles,
     wait_for,
 )
 from tests.faults.net import Relay
@@ -133,7 +134,7 @@ def test_sigkill_of_serve_mid_cycle_then_restart_catches_up_without_harm(
             if missed != fire.isoformat():
                 violations.append(f"the restart caught {missed} up, not {fire}")
             end = second.wait_event(("cycle_end", "cycle_failed"), WAIT)
-            body = scrape(port)
+            body = scrape_after_cycles(port, 1, WAIT)
             violations += [
                 f"restart: {v}"
                 for v in recovery_problems(before, second.log(), metric_reader(body))
@@ -274,9 +275,13 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(
         end = child.wait_event(("cycle_end", "cycle_failed"), WAIT)
         if end.get("outcome") != "ok" or end.get("cycle_time") != fire.isoformat():
             violations.append(f"the cycle under the running configuration did not end ok: {end}")
-        body = scrape(port)  # still serving, with the configuration it runs
+        body = scrape_after_cycles(port, 1, WAIT)  # still serving, on the running config
         if sample(body, "rorfeed_cycles_total") != 1:
             violations.append("metric: the cycle is not counted")
+        if sample(body, "rorfeed_config_last_reload_successful") != 0:
+            violations.append("metric: the rejected reload does not show")
+        if sample(body, "rorfeed_config_reload_rejections_total") != 1:
+            violations.append("metric: the rejected reload is not counted")
         if child.poll() is not None:
             violations.append(f"serve died on the reload: {child.poll()}")
     finally:
