@@ -160,3 +160,55 @@ def test_schema_1_store_is_migrated_without_losing_data(
             assert conn.execute(text("SELECT count(*) FROM users")).scalar_one() == 0
     finally:
         store.engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_batched_writes_and_the_light_read_agree_with_the_full_read(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The cycle's batched statements (driver executemany) and its light read (feed_states)
+    mean on each backend what the plain SQLAlchemy path means: same rows, same times."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("pg_server").create_db("batched_test")
+    store = open_store(url)
+    try:
+        f = "750712184"
+        store.sync_mapping(
+            f,
+            units(
+                ("A", "R1", "Réa", Mode.AUTO),
+                ("B", "R2", "Med", Mode.AUTO),
+                ("C", "R3", "Pal", Mode.MANUAL),
+            ),
+            T0,
+        )
+        store.record_verdicts(f, {"R2": ("count_missing", "unit_missing")}, {"R1": 12})
+        feed = store.feed_states(f)
+        assert {
+            r: (s.sendable, s.streak, s.last_rules, s.last_accepted_installed)
+            for r, s in feed.items()
+        } == {
+            "R1": (True, 0, "", 12),
+            "R2": (True, 1, "count_missing,unit_missing", None),
+            "R3": (False, 0, "", None),
+        }
+        later = T0.replace(hour=14)
+        for at, counts in ((later, (20, 1, 3)), (T0, (10, 0, 1))):
+            sid = store.add_snapshot(f, at, {"R1": BedCounts(*counts), "R2": BedCounts(*counts)})
+            store.add_file("d", f"f{at:%H}.xml", sid, f, at, 100, at)
+        newest_first = sorted(store.files("d", ("pending",)), key=lambda r: r.cycle_time)[::-1]
+        assert [r.cycle_time for r in newest_first] == [later, T0]
+        for row in newest_first:  # the older delivery recorded last
+            store.mark_delivered(row, later, production=True)
+        full = {u.ror_id: u for u in store.units(f)}
+        # The older delivery, recorded after the newer one, does not overwrite its values.
+        for ror_id in ("R1", "R2"):
+            assert full[ror_id].last_counts == BedCounts(20, 1, 3)
+            assert full[ror_id].last_counts_at == later
+        assert full["R3"].last_counts is None and full["R3"].last_counts_at is None
+        assert (full["R2"].streak, full["R2"].last_rules) == (1, ("count_missing", "unit_missing"))
+        assert store.files("d", ("delivered",))[0].status == "delivered"
+    finally:
+        store.engine.dispose()

@@ -30,11 +30,11 @@ from rorfeed.killswitch import (
     unreachable_trips,
 )
 from rorfeed.mapping import Mapping, parse_mapping
-from rorfeed.model import Extraction, MappedUnit, Snapshot, SourceRow, UnitRecord
+from rorfeed.model import Extraction, MappedUnit, Mode, Snapshot, SourceRow, UnitRecord
 from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
 from rorfeed.rules import RuleOptions, Verdict, check_unit
 from rorfeed.sources import open_source
-from rorfeed.state import GLOBAL, LedgerRow, Store, UnitState
+from rorfeed.state import GLOBAL, FeedState, LedgerRow, Store
 from rorfeed.transports import open_transport
 
 log = structlog.get_logger("rorfeed.cycle")
@@ -114,32 +114,17 @@ def rule_options(config: Config) -> RuleOptions:
     )
 
 
-def effective_states(
-    finess: str, mapping: Mapping, known: dict[str, UnitState], now: datetime
-) -> dict[str, UnitState]:
+# A unit the store does not know yet (dry run of a new mapping): as a first reading creates
+# it — sendable when declared auto, no streak, nothing accepted before.
+def effective_states(mapping: Mapping, known: dict[str, FeedState]) -> dict[str, FeedState]:
     """Each mapped unit's state as the store has it, or as a first reading would create it."""
-    out = {}
-    for u in mapping.units:
-        state = known.get(u.ror_id)
-        if state is None:
-            state = UnitState(
-                finess,
-                u.ror_id,
-                u.local_code,
-                u.label,
-                u.declared_mode,
-                True,
-                u.declared_mode,
-                now,
-                "",
-                0,
-                (),
-                None,
-                None,
-                None,
-            )
-        out[u.ror_id] = state
-    return out
+    return {
+        u.ror_id: known.get(u.ror_id)
+        or FeedState(
+            u.declared_mode is Mode.AUTO, streak=0, last_rules="", last_accepted_installed=None
+        )
+        for u in mapping.units
+    }
 
 
 def _group_rows(extraction: Extraction) -> dict[str, list[SourceRow]]:
@@ -227,8 +212,7 @@ class Cycle:
                     [u for u in self.store.units(est.finess) if u.ror_id in removed],
                     "fiche retirée du mapping",
                 )
-        known = {u.ror_id: u for u in self.store.units(est.finess)}
-        states = effective_states(est.finess, mapping, known, self.clock())
+        states = effective_states(mapping, self.store.feed_states(est.finess))
         sendable = [m for m in mapping.units if states[m.ror_id].sendable]
         rep.manual = len(mapping.units) - len(sendable)
         if stopped:
@@ -271,7 +255,12 @@ class Cycle:
             self.store.record_verdicts(
                 est.finess,
                 rep.rejected_units,
-                {r.ror_id: r.counts.installed for r in accepted},
+                # Only what changes: in a calm hour that is no unit at all, not 10,000 writes.
+                {
+                    r.ror_id: r.counts.installed
+                    for r in accepted
+                    if _changes(states[r.ror_id], r.counts.installed)
+                },
             )
             self._apply_decisions(est.finess, verdicts)
             if rejected_share_trips(len(rep.rejected_units), len(sendable), self.thresholds):
@@ -320,7 +309,7 @@ class Cycle:
     def _judge(
         self,
         units: list[MappedUnit],
-        states: dict[str, UnitState],
+        states: dict[str, FeedState],
         rows: dict[str, list[SourceRow]],
         extraction: Extraction,
         cycle_time: datetime,
@@ -410,6 +399,11 @@ class Cycle:
                 )
             reports.append(report)
         return reports
+
+
+def _changes(state: FeedState, installed: int) -> bool:
+    """Whether accepting `installed` changes what the store holds for the unit."""
+    return (state.streak, state.last_rules, state.last_accepted_installed) != (0, "", installed)
 
 
 def _hold_reason(store: Store, row: LedgerRow) -> str | None:

@@ -11,7 +11,7 @@ every row) and refuses one written by a newer rorfeed, without touching it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    Update,
     bindparam,
     create_engine,
     event,
@@ -43,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import BindParameter
 
 from rorfeed.errors import StateError
 from rorfeed.model import BedCounts, MappedUnit, Mode
@@ -226,6 +228,16 @@ class UnitState:
         return self.in_mapping and self.declared_mode is Mode.AUTO and self.mode is Mode.AUTO
 
 
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """What a cycle needs of a unit's state: a light read of the units table (no times)."""
+
+    sendable: bool
+    streak: int
+    last_rules: str  # comma-separated, as stored
+    last_accepted_installed: int | None
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     at: datetime
@@ -296,6 +308,57 @@ def _unit_state(row: Any) -> UnitState:
     )
 
 
+def _executemany(conn: Connection, statement: Update, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Run `statement` once per row of parameters, in one driver `executemany`.
+
+    What `conn.execute(statement, rows)` does, without SQLAlchemy's per-row work (building
+    each parameter set, converting each value by its column type): at 10,000 rows that work
+    took 0.26 s of 0.30 s, the driver 0.04 s. The values that the statement carries itself
+    (a cycle time in `.values()`) are converted once; the per-row values are converted only
+    when their type needs it.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    compiled = statement.compile(dialect=dialect)
+    per_row = set(rows[0])
+    fixed = {
+        name: _bound(compiled.binds[name], value, dialect)
+        for name, value in compiled.construct_params(dict(rows[0])).items()
+        if name not in per_row
+    }
+    converters = {
+        name: convert
+        for name in per_row
+        if (convert := _converter(compiled.binds[name], dialect)) is not None
+    }
+
+    def values(row: Mapping[str, Any]) -> dict[str, Any]:
+        out = {**fixed, **row}
+        for name, convert in converters.items():
+            out[name] = convert(out[name])
+        return out
+
+    params: list[Any]
+    if compiled.positiontup is not None:
+        order = compiled.positiontup
+        params = [tuple(v[name] for name in order) for v in map(values, rows)]
+    else:
+        params = [values(row) for row in rows]
+    conn.exec_driver_sql(compiled.string, params)
+
+
+def _converter(bind: BindParameter[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    # dialect_impl: the type as this dialect stores it (a UTCDateTime becomes SQLite's text),
+    # as SQLAlchemy's own execute would convert it.
+    return bind.type.dialect_impl(dialect).bind_processor(dialect)
+
+
+def _bound(bind: BindParameter[Any], value: Any, dialect: Dialect) -> Any:
+    convert = _converter(bind, dialect)
+    return value if convert is None else convert(value)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the CLI read and write while the daemon runs a cycle; busy_timeout makes a
     # concurrent writer wait instead of failing. The driver's own transaction handling is
@@ -338,6 +401,29 @@ class Store:
         with self.tx() as conn:
             return [_unit_state(r) for r in conn.execute(q)]
 
+    def feed_states(self, finess: str) -> dict[str, FeedState]:
+        """ROR id → what the cycle needs to judge and record the unit, for every stored unit
+        of `finess`. Only plain columns: reading 10,000 full `UnitState`s (times converted,
+        enums built) costs a cycle about 0.2 s."""
+        c = units_t.c
+        q = select(
+            c.ror_id,
+            c.in_mapping,
+            c.declared_mode,
+            c.mode,
+            c.streak,
+            c.last_rules,
+            c.last_accepted_installed,
+        ).where(c.finess == finess)
+        auto = Mode.AUTO.value
+        with self.tx() as conn:
+            return {
+                ror_id: FeedState(
+                    bool(in_mapping) and declared == auto and mode == auto, streak, rules, last
+                )
+                for ror_id, in_mapping, declared, mode, streak, rules, last in conn.execute(q)
+            }
+
     def sync_mapping(
         self, finess: str, units: tuple[MappedUnit, ...], now: datetime
     ) -> list[AuditEntry]:
@@ -348,10 +434,11 @@ class Store:
         """
         entries: list[AuditEntry] = []
         added: list[dict[str, Any]] = []
+        c = units_t.c
+        # Only the columns compared below: no time to convert for 10,000 unchanged units.
+        columns = (c.ror_id, c.local_code, c.label, c.declared_mode, c.mode, c.in_mapping)
         with self.tx() as conn:
-            known = {
-                r.ror_id: r for r in conn.execute(select(units_t).where(units_t.c.finess == finess))
-            }
+            known = {r.ror_id: r for r in conn.execute(select(*columns).where(c.finess == finess))}
             seen = set()
             for u in units:
                 seen.add(u.ror_id)
@@ -495,14 +582,16 @@ class Store:
         """
         with self.tx() as conn:
             if rejected:
-                conn.execute(
+                _executemany(
+                    conn,
                     update(units_t)
                     .where(units_t.c.finess == finess, units_t.c.ror_id == bindparam("b_ror_id"))
                     .values(streak=units_t.c.streak + 1, last_rules=bindparam("b_rules")),
                     [{"b_ror_id": r, "b_rules": ",".join(rules)} for r, rules in rejected.items()],
                 )
             if accepted:
-                conn.execute(
+                _executemany(
+                    conn,
                     update(units_t)
                     .where(units_t.c.finess == finess, units_t.c.ror_id == bindparam("b_ror_id"))
                     .values(
@@ -859,7 +948,8 @@ class Store:
             if not counts:
                 return
             # One batched statement: a 10,000-unit file is one round trip, not 10,000.
-            conn.execute(
+            _executemany(
+                conn,
                 update(units_t)
                 .where(
                     units_t.c.finess == row.finess,
