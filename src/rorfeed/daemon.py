@@ -293,6 +293,21 @@ def _problem_keys(problems: Sequence[str]) -> list[str]:
     return keys
 
 
+def release_memory() -> None:
+    """Give the memory freed by a cycle back to the system.
+
+    glibc keeps freed heap pages for reuse: without this the daemon would sleep an hour
+    holding the peak of its last cycle (at 100,000 units, 476 MB idle instead of 176 MB).
+    No-op where there is no glibc.
+    """
+    import ctypes
+
+    # The process's own symbols, libc's included: no library search (no subprocess).
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def _parse_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -568,6 +583,7 @@ class Daemon:
                 # `systemctl status` shows this to every user: never a secret in it either.
                 status = rlog.scrub(f"last cycle {when}: failed ({error})")
             self.notifier.status(f"{status}; next cycle {self._next_run()}")
+        release_memory()
 
     # -- reload -------------------------------------------------------------------------------
 
