@@ -248,3 +248,27 @@ def test_parse_count_never_raises_and_agrees_with_the_definition(value: object) 
         assert not isinstance(parsed, int)
     else:
         assert parsed == expected
+
+
+def test_a_rejected_unit_carries_the_values_as_read_for_the_log_and_audit() -> None:
+    stale = NOW - timedelta(hours=5)
+    verdict = check_unit(
+        [SourceRow("A", "30", -1, 2, stale)], "75/1", now=NOW, zone=PARIS, options=OPTIONS
+    )
+    assert verdict.record is None
+    assert verdict.rejected == (rules.COUNT_NEGATIVE, rules.UPDATED_AT_STALE)
+    assert verdict.raw == {
+        "installed": "30",
+        "closed": -1,
+        "available": 2,
+        "updated_at": stale.isoformat(),
+    }
+    invalid = check_unit(
+        [SourceRow("A", 30, 1, 2, "hier")], "75/1", now=NOW, zone=PARIS, options=OPTIONS
+    )
+    assert invalid.rejected == (rules.UPDATED_AT_INVALID,)
+    assert invalid.raw["updated_at"] == "hier"
+    accepted = check_unit(
+        [SourceRow("A", 30, 1, 2, NOW)], "75/1", now=NOW, zone=PARIS, options=OPTIONS
+    )
+    assert accepted.record is not None and accepted.raw == {}

@@ -145,11 +145,6 @@ def check_unit(
     if len(rows) > 1:
         return Verdict(None, (DUPLICATE_UNIT,), raw={"rows": len(rows)})
     row = rows[0]
-    raw: dict[str, object] = {
-        "installed": row.installed,
-        "closed": row.closed,
-        "available": row.available,
-    }
     fired: list[str] = []
     counts: dict[str, int] = {}
     for name in ("installed", "closed", "available"):
@@ -185,20 +180,29 @@ def check_unit(
         updated = file_mtime
     if isinstance(updated, _NotCount):
         fired.append(UPDATED_AT_INVALID)
-        raw["updated_at"] = row.updated_at
         updated = None
     elif updated is not None:
-        raw["updated_at"] = updated.isoformat()
         if updated < now - options.max_source_age:
             fired.append(UPDATED_AT_STALE)
         elif updated > now + FUTURE_TOLERANCE:
             fired.append(UPDATED_AT_FUTURE)
 
     if fired:
+        # The values as read, for the log line and the audit trail: built only for a
+        # rejected unit (most are accepted, and an ISO time costs as much as a rule).
+        raw: dict[str, object] = {
+            "installed": row.installed,
+            "closed": row.closed,
+            "available": row.available,
+        }
+        if UPDATED_AT_INVALID in fired:
+            raw["updated_at"] = row.updated_at
+        elif updated is not None:
+            raw["updated_at"] = updated.isoformat()
         return Verdict(None, tuple(dict.fromkeys(fired)), tuple(warnings), raw)
     record = UnitRecord(
         ror_id=ror_id,
         counts=BedCounts(counts["installed"], counts["closed"], counts["available"]),
         date_maj=updated,
     )
-    return Verdict(record, (), tuple(warnings), raw)
+    return Verdict(record, (), tuple(warnings))
