@@ -10,34 +10,17 @@ import pytest
 from rorfeed import config_example
 from rorfeed.config import ConfigFile, finess_problem, load, luhn_valid, template_problems
 from rorfeed.errors import ConfigError
+from tests.sites import directory_destination, mapping_csv, site_toml, write_site
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MINIMAL = """
-[daemon]
-work_dir = "work"
-
-[[establishments]]
-name = "Hôpital Test"
-finess = "750712184"
-mapping = "mapping.csv"
-
-[establishments.source]
-kind = "csv"
-path = "export.csv"
-
-[[destinations]]
-name = "out"
-kind = "directory"
-path = "out"
-"""
+# The smallest valid configuration; most tests edit its text to make the one problem they check.
+MINIMAL = site_toml(destinations=directory_destination("out"))
+MAPPING = mapping_csv([("A", "1", "Unité A")])
 
 
 def write_config(tmp_path: Path, text: str = MINIMAL) -> Path:
-    (tmp_path / "mapping.csv").write_text("local_code;ror_id;label\nA;1;Unité A\n")
-    path = tmp_path / "rorfeed.toml"
-    path.write_text(text)
-    return path
+    return write_site(tmp_path, text, MAPPING)
 
 
 def problems_of(path: Path) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,45 +17,43 @@ from rorfeed.cli import main
 from rorfeed.config import load
 from rorfeed.cycle import Cycle
 from rorfeed.state import open_store
+from tests.sites import (
+    directory_destination,
+    mapping_csv,
+    site_toml,
+    sqlite_source,
+    write_export,
+    write_mapping,
+    write_site,
+    write_sqlite_export,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CONFIG = """
-[daemon]
-work_dir = "work"
+DEPOT = directory_destination("depot", formats=("xml", "json", "csv"))
+CONFIG = site_toml(destinations=DEPOT)
 
-[[establishments]]
-name = "Hôpital Test"
-finess = "750712184"
-mapping = "mapping.csv"
-
-[establishments.source]
-kind = "csv"
-path = "export.csv"
-
-[[destinations]]
-name = "depot"
-kind = "directory"
-path = "depot"
-formats = ["xml", "json", "csv"]
-"""
-
-MAPPING = """local_code;ror_id;label;mode
-REA;52/100;Réanimation;auto
-MED;52/200;Médecine;auto
-CHIR;52/300;Chirurgie;auto
-USC;52/400;Surveillance continue;auto
-;52/500;Palliatifs;manual
-"""
+# CONFIG, MAPPING (the file's text) and write_export are also imported from here by
+# tests/test_modes.py, tests/test_web.py and tests/test_feed_property.py.
+MAPPING = mapping_csv(
+    [
+        ("REA", "52/100", "Réanimation", "auto"),
+        ("MED", "52/200", "Médecine", "auto"),
+        ("CHIR", "52/300", "Chirurgie", "auto"),
+        ("USC", "52/400", "Surveillance continue", "auto"),
+        ("", "52/500", "Palliatifs", "manual"),
+    ]
+)
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    (tmp_path / "mapping.csv").write_text(MAPPING, encoding="utf-8")
-    (tmp_path / "rorfeed.toml").write_text(CONFIG, encoding="utf-8")
-    (tmp_path / "depot").mkdir()
-    write_export(
+    # REA and MED are sent; CHIR (a count that is not a number) and USC (absent from the
+    # export) are rejected; 52/500 is manual; NEW is in the export but not in the mapping.
+    write_site(
         tmp_path,
+        CONFIG,
+        MAPPING,
         [
             ("REA", "10", "1", "2"),
             ("MED", "30", "0", "5"),
@@ -64,12 +61,8 @@ def site(tmp_path: Path) -> Path:
             ("NEW", "5", "0", "1"),
         ],
     )
+    (tmp_path / "depot").mkdir()
     return tmp_path
-
-
-def write_export(site: Path, rows: list[tuple[str, ...]], encoding: str = "utf-8") -> None:
-    lines = ["unit;installed;closed;available"] + [";".join(r) for r in rows]
-    (site / "export.csv").write_bytes(("\n".join(lines) + "\n").encode(encoding))
 
 
 def run(site: Path, *args: str) -> int:
@@ -164,7 +157,7 @@ def test_stale_csv_export_is_rejected_and_nothing_is_sent(
 
 
 def test_cp1252_export_with_accented_unit_codes(site: Path) -> None:
-    (site / "mapping.csv").write_text("local_code;ror_id;label\nRÉA;52/100;Réanimation\n")
+    write_mapping(site, [("RÉA", "52/100", "Réanimation")])
     (site / "rorfeed.toml").write_text(
         CONFIG.replace('path = "export.csv"', 'path = "export.csv"\nencoding = "cp1252"')
     )
@@ -188,7 +181,7 @@ def test_empty_source_rejects_every_mapped_unit_and_sends_no_file(
 def test_invalid_mapping_fails_the_cycle_and_sends_nothing(
     site: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (site / "mapping.csv").write_text("local_code;ror_id;label\nA;R1;x\nA;R2;y\n")
+    write_mapping(site, [("A", "R1", "x"), ("A", "R2", "y")])
     assert run(site, "run-once") == 1
     assert delivered(site) == []
     assert "local code A already mapped on line 2" in capsys.readouterr().err
@@ -246,22 +239,12 @@ def test_file_older_than_max_age_is_never_delivered(site: Path) -> None:
 
 
 def test_sqlite_source_relative_to_the_config_folder(tmp_path: Path) -> None:
-    db = tmp_path / "beds.sqlite"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE t (u TEXT, i, c, a)")
-        conn.executemany(
-            "INSERT INTO t VALUES (?, ?, ?, ?)",
-            [("REA", 10, 1, 2), ("MED", 30, 0, 5), ("CHIR", 20, 2, 3), ("USC", 8, 0, 1)],
-        )
-    conn.close()
-    (tmp_path / "mapping.csv").write_text(MAPPING)
-    (tmp_path / "rorfeed.toml").write_text(
-        CONFIG.replace(
-            'kind = "csv"\npath = "export.csv"',
-            'kind = "sql"\nurl = "sqlite:///beds.sqlite"\n'
-            'query = "SELECT u AS unit, i AS installed, c AS closed, a AS available FROM t"',
-        )
+    write_sqlite_export(
+        tmp_path / "beds.sqlite",
+        [("REA", 10, 1, 2), ("MED", 30, 0, 5), ("CHIR", 20, 2, 3), ("USC", 8, 0, 1)],
     )
+    toml = site_toml(destinations=DEPOT, source=sqlite_source("beds.sqlite"))
+    write_site(tmp_path, toml, MAPPING)
     (tmp_path / "depot").mkdir()
     assert main(["--config", str(tmp_path / "rorfeed.toml"), "run-once"]) == 0
     assert len(list((tmp_path / "depot").iterdir())) == 3

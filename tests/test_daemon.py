@@ -42,49 +42,33 @@ from rorfeed.daemon import (
 from rorfeed.errors import ConfigError, SourceError
 from rorfeed.state import Store, open_store
 from rorfeed.systemd import Notifier
+from tests.sites import FINESS, directory_destination, mapping_csv, site_toml, write_site
 
 PARIS = ZoneInfo("Europe/Paris")
 SERVE = [sys.executable, "-c", "from rorfeed.daemon import main; main()"]
-FINESS = "750712184"
+DEPOT = directory_destination("depot", formats=("xml",))
+MAPPING = mapping_csv(
+    [("REA", "52/100", "Réanimation", "auto"), ("MED", "52/200", "Médecine", "auto")]
+)
+EXPORT = [("REA", 10, 1, 2), ("MED", 30, 0, 5)]
 
-CONFIG = """
-[daemon]
-work_dir = "work"
-schedule = "{schedule}"
 
-[metrics]
-listen = "{listen}"
-
-[[establishments]]
-name = "Hôpital Test"
-finess = "750712184"
-mapping = "mapping.csv"
-
-[establishments.source]
-kind = "csv"
-path = "export.csv"
-
-[[destinations]]
-name = "depot"
-kind = "directory"
-path = "depot"
-formats = ["xml"]
-"""
-
-MAPPING = "local_code;ror_id;label;mode\nREA;52/100;Réanimation;auto\nMED;52/200;Médecine;auto\n"
-EXPORT = "unit;installed;closed;available\nREA;10;1;2\nMED;30;0;5\n"
+def config_text(schedule: str = "5 * * * *", listen: str = "127.0.0.1:0", extra: str = "") -> str:
+    """rorfeed.toml for a site: CSV source → directory `depot`, on `schedule`."""
+    return site_toml(
+        daemon=f'schedule = "{schedule}"\n',
+        tables=f'\n[metrics]\nlisten = "{listen}"\n',
+        destinations=DEPOT,
+        extra=extra,
+    )
 
 
 def make_site(
     base: Path, schedule: str = "5 * * * *", listen: str = "127.0.0.1:0", extra: str = ""
 ) -> Path:
     """A site (CSV source → directory destination) and its config path."""
-    (base / "mapping.csv").write_text(MAPPING, encoding="utf-8")
-    (base / "export.csv").write_text(EXPORT, encoding="utf-8")
     (base / "depot").mkdir(exist_ok=True)
-    path = base / "rorfeed.toml"
-    path.write_text(CONFIG.format(schedule=schedule, listen=listen) + extra, encoding="utf-8")
-    return path
+    return write_site(base, config_text(schedule, listen, extra), MAPPING, EXPORT)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -418,7 +402,7 @@ def test_reload_applies_a_valid_config_and_keeps_the_running_one_otherwise(
 ) -> None:
     daemon = daemon_for(site, trigger=never())
     with running(daemon):
-        site.write_text(CONFIG.format(schedule="7 * * * *", listen="127.0.0.1:0"))
+        site.write_text(config_text(schedule="7 * * * *", listen="127.0.0.1:0"))
         assert daemon.reload()
         job = daemon._scheduler.get_job("cycle")
         assert job.next_run_time.astimezone(PARIS).minute == 7
@@ -581,23 +565,15 @@ def test_no_secret_reaches_the_logs_even_on_errors(
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]  # nothing listens there once closed
     (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{closed_port} ssh-ed25519 AAAA\n")
-    (tmp_path / "mapping.csv").write_text(MAPPING, encoding="utf-8")
-    (tmp_path / "rorfeed.toml").write_text(
-        f"""
-[daemon]
-work_dir = "work"
-[metrics]
-listen = ""
-[[establishments]]
-name = "Hôpital Test"
-finess = "{FINESS}"
-mapping = "mapping.csv"
-[establishments.source]
-kind = "sql"
+    # Both secrets in use and both ends unreachable: a PostgreSQL source with its password
+    # file and an SFTP destination with its passphrase file, on a port where nothing listens.
+    source = f"""kind = "sql"
 url = "postgresql+psycopg://rorfeed@127.0.0.1:{closed_port}/beds"
 password_file = "db-password"
 query = "SELECT 1"
 timeout_seconds = 3
+"""
+    sftp = f"""
 [[destinations]]
 name = "sesan"
 kind = "sftp"
@@ -609,9 +585,9 @@ passphrase_file = "sftp-passphrase"
 known_hosts = "known_hosts"
 remote_dir = "/depot"
 timeout_seconds = 3
-""",
-        encoding="utf-8",
-    )
+"""
+    toml = site_toml(tables='\n[metrics]\nlisten = ""\n', source=source, destinations=sftp)
+    write_site(tmp_path, toml, MAPPING)
     config = load(tmp_path / "rorfeed.toml")
     store = open_store(config.state_url)
     # A file waiting in the outbox, so that the SFTP delivery is attempted (and fails).

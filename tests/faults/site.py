@@ -2,7 +2,8 @@
 
 Shared by tests/test_delivery.py and the fault-injection suite: a CSV export (or any source
 block), its mapping, rorfeed.toml with an `sftp` destination, and what is where afterwards —
-the outbox, the archive, the server's folder, the delivery ledger.
+the outbox, the archive, the server's folder, the delivery ledger. The files themselves are
+written with tests/sites.py, as the in-process tests write theirs.
 """
 
 from __future__ import annotations
@@ -20,27 +21,12 @@ from rorfeed.cli import main
 from rorfeed.config import Config, load
 from rorfeed.cycle import Cycle, CycleReport, file_timestamp
 from rorfeed.state import Store, files_t, open_store
+from tests.sites import CSV_SOURCE, FINESS, site_toml, write_export, write_mapping
 from tests.sshd import Sshd
 
-FINESS = "750712184"
+# FINESS (from tests.sites) is also imported from here, by the fault suite and test_delivery.py.
 DESTINATION = "operator"
 EXTENSIONS = ("csv", "json", "xml")  # the order files are sent in (by name)
-
-CSV_SOURCE = """kind = "csv"
-path = "export.csv"
-"""
-
-ESTABLISHMENT = """
-[daemon]
-work_dir = "work"
-{daemon}
-[[establishments]]
-name = "{name}"
-finess = "750712184"
-mapping = "mapping.csv"
-
-[establishments.source]
-{source}"""
 
 
 def names(t: datetime) -> list[str]:
@@ -99,21 +85,20 @@ class Site:
 
     def write_source(self, units: int, installed: int = 20) -> None:
         codes = [f"U{i:05d}" for i in range(units)]
-        (self.root / "mapping.csv").write_text(
-            "local_code;ror_id;label\n" + "".join(f"{c};52/{c[1:]};Unité {c}\n" for c in codes),
-            encoding="utf-8",
-        )
-        (self.root / "export.csv").write_text(
-            "unit;installed;closed;available\n" + "".join(f"{c};{installed};2;5\n" for c in codes),
-            encoding="utf-8",
-        )
+        write_mapping(self.root, [(c, f"52/{c[1:]}", f"Unité {c}") for c in codes])
+        write_export(self.root, [(c, installed, 2, 5) for c in codes])
 
     def toml(self, **destination: object) -> str:
         """rorfeed.toml's text with the sftp destination's keys overridden."""
         remote = destination.pop("remote_dir", self.remote)
         block = self.sshd.destination_toml(remote, name=DESTINATION, **destination)  # type: ignore[arg-type]
-        head = ESTABLISHMENT.format(name=self.name, daemon=self.daemon, source=self.source)
-        return head + block + self.extra
+        return site_toml(
+            destinations=block,
+            daemon=self.daemon,
+            source=self.source,
+            name=self.name,
+            extra=self.extra,
+        )
 
     def configure(self, **destination: object) -> Config:
         """Write rorfeed.toml with the sftp destination's keys overridden; return it loaded."""
