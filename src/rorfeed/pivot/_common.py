@@ -24,12 +24,22 @@ FIELDS = (
 
 
 def _iso(moment: datetime, zone: tzinfo, what: str) -> str:
+    _refuse_naive(moment, what)
+    return _local(moment, zone)
+
+
+def _refuse_naive(moment: datetime, what: str) -> None:
     # A naive datetime would be read in the host's zone by astimezone(): a silently wrong time
     # that still matches the schema, so it is refused here rather than caught downstream.
-    if moment.tzinfo is None or moment.utcoffset() is None:
+    # (utcoffset() is None for a naive datetime, and for a tzinfo that gives no offset.)
+    if moment.utcoffset() is None:
         raise PivotInvalid(f"{what} is a naive datetime ({moment.isoformat()}): no offset to write")
-    # Truncated, not rounded: rounding up could stamp a time that has not happened yet.
-    return moment.astimezone(zone).replace(microsecond=0).isoformat()
+
+
+def _local(moment: datetime, zone: tzinfo) -> str:
+    # Truncated, not rounded (isoformat drops the excess precision): rounding up could stamp a
+    # time that has not happened yet.
+    return moment.astimezone(zone).isoformat(timespec="seconds")
 
 
 def horodatage(snapshot: Snapshot) -> str:
@@ -41,12 +51,16 @@ def horodatage(snapshot: Snapshot) -> str:
 
 def date_maj(unit: UnitRecord, snapshot: Snapshot) -> str | None:
     """`date_maj` in the zone of the snapshot's horodatage, so one file speaks one offset."""
-    if unit.date_maj is None:
+    moment = unit.date_maj
+    if moment is None:
         return None
     zone = snapshot.horodatage.tzinfo
     if zone is None:
         raise PivotInvalid(f"horodatage is a naive datetime ({snapshot.horodatage.isoformat()})")
-    return _iso(unit.date_maj, zone, f"date_maj of unit {unit.ror_id!r}")
+    # Called once per unit and format: the unit's name goes into a message only on the error.
+    if moment.utcoffset() is None:
+        _refuse_naive(moment, f"date_maj of unit {unit.ror_id!r}")
+    return _local(moment, zone)
 
 
 def encode(text: str, fmt: str) -> bytes:

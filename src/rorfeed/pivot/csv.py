@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+import operator
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from rorfeed.errors import PivotInvalid
@@ -21,33 +23,70 @@ extension: Final = "csv"
 
 _DELIMITER = ";"
 _ESTABLISHMENT_FIELDS = ("nom_etablissement", "finess_etablissement", "horodatage")
-_COUNT_FIELDS = ("lits_installes", "lits_fermes", "lits_disponibles")
+# Where each field sits in a line (the header is checked to be exactly FIELDS).
+_WIDTH = len(_common.FIELDS)
+_ID, _INSTALLED, _CLOSED, _AVAILABLE, _DATE_MAJ = (
+    _common.FIELDS.index(field)
+    for field in ("id_fiche_ror", "lits_installes", "lits_fermes", "lits_disponibles", "date_maj")
+)
+_ESTABLISHMENT_COLUMNS = tuple(_common.FIELDS.index(field) for field in _ESTABLISHMENT_FIELDS)
+_establishment = operator.itemgetter(*_ESTABLISHMENT_COLUMNS)
 # Only the canonical spelling becomes an integer; " 7", "+7" or "07" stay text and fail the
 # schema, since a consumer's parser may not read them as we do.
 _COUNT = re.compile(r"0|[1-9][0-9]*")
+# What makes csv.writer quote a text field in this dialect: the delimiter, the quote character
+# and line ends. A field without any is written as it is. (Python 3.11 leaves a lone "\r"
+# unquoted, newer versions quote it: a line holding one goes through csv.writer either way.)
+_NEEDS_QUOTES = re.compile('[;"\r\n]')
 
 
 def render(snapshot: Snapshot) -> bytes:
+    """What csv.writer (QUOTE_MINIMAL, `;`, "\\n") writes for these rows, made faster.
+
+    A line whose text needs no quoting and whose counts are plain ints is formatted directly;
+    any other line goes through csv.writer itself. A property test holds the two byte for byte.
+    """
     buffer = io.StringIO()
     writer = csv.writer(
         buffer, delimiter=_DELIMITER, quoting=csv.QUOTE_MINIMAL, lineterminator="\n"
     )
     writer.writerow(_common.FIELDS)
+    name, finess = snapshot.establishment_name, snapshot.finess
     horodatage = _common.horodatage(snapshot)
+    shared_plain = not any(_NEEDS_QUOTES.search(text) for text in (name, finess, horodatage))
+    lines = [buffer.getvalue()]
     for unit in snapshot.sorted_units():
-        writer.writerow(
-            (
-                snapshot.establishment_name,
-                snapshot.finess,
-                unit.ror_id,
-                unit.counts.installed,
-                unit.counts.closed,
-                unit.counts.available,
-                horodatage,
-                _common.date_maj(unit, snapshot) or "",
+        counts = unit.counts
+        # date_maj is written by isoformat: digits, "-", ":", "T" and a sign, never quoted.
+        date_maj = _common.date_maj(unit, snapshot) or ""
+        if (
+            shared_plain
+            and _NEEDS_QUOTES.search(unit.ror_id) is None
+            and type(counts.installed) is int
+            and type(counts.closed) is int
+            and type(counts.available) is int
+        ):
+            lines.append(
+                f"{name};{finess};{unit.ror_id};{counts.installed};{counts.closed};"
+                f"{counts.available};{horodatage};{date_maj}\n"
             )
-        )
-    return _common.encode(buffer.getvalue(), "csv")
+        else:
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerow(
+                (
+                    name,
+                    finess,
+                    unit.ror_id,
+                    counts.installed,
+                    counts.closed,
+                    counts.available,
+                    horodatage,
+                    date_maj,
+                )
+            )
+            lines.append(buffer.getvalue())
+    return _common.encode("".join(lines), "csv")
 
 
 def validate(data: bytes) -> None:
@@ -56,63 +95,95 @@ def validate(data: bytes) -> None:
     if not rows:
         raise PivotInvalid("csv pivot file has a header but no unit line")
     first = rows[0]
-    for line, row in zip(lines[1:], rows[1:], strict=True):
-        for field in _ESTABLISHMENT_FIELDS:
-            if row[field] != first[field]:
-                raise PivotInvalid(
-                    f"csv pivot file: line {line}, {field}: {row[field]!r} differs from "
-                    f"{first[field]!r} on line {lines[0]} (one file, one establishment, one time)"
-                )
+    establishment = _establishment(first)
+    for line, row in zip(lines, rows, strict=True):
+        if _establishment(row) != establishment:
+            for field, column in zip(_ESTABLISHMENT_FIELDS, _ESTABLISHMENT_COLUMNS, strict=True):
+                if row[column] != first[column]:
+                    raise PivotInvalid(
+                        f"csv pivot file: line {line}, {field}: {row[column]!r} differs from "
+                        f"{first[column]!r} on line {lines[0]} "
+                        "(one file, one establishment, one time)"
+                    )
     document = {
         "version": _common.FORMAT_VERSION,
-        **{field: first[field] for field in _ESTABLISHMENT_FIELDS},
-        "unites": [_unit(row) for row in rows],
+        **dict(zip(_ESTABLISHMENT_FIELDS, establishment, strict=True)),
+        "unites": _units(rows),
     }
     problems = [
         f"{_where(path, lines)}: {message}" for path, message in json_pivot.schema_errors(document)
     ]
     if problems:
         raise PivotInvalid(_common.schema_report("csv", problems))
-    _common.check_unit_order((row["id_fiche_ror"] for row in rows), "csv")
+    _common.check_unit_order((row[_ID] for row in rows), "csv")
 
 
-def _read(text: str) -> tuple[list[int], list[dict[str, str]]]:
-    """The unit lines as dicts, with the line number each one starts on."""
+def _read(text: str) -> tuple[Sequence[int], list[list[str]]]:
+    """The unit lines as lists of fields, in `FIELDS` order, with the line each one starts on."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_DELIMITER, strict=True)
-    lines: list[int] = []
-    rows: list[dict[str, str]] = []
     try:
         header = next(reader, [])
-        if tuple(header) != _common.FIELDS:
-            raise PivotInvalid(
-                f"csv pivot file: line 1 must be the header {_DELIMITER.join(_common.FIELDS)!r}, "
-                f"found {_DELIMITER.join(header)!r}"
-            )
+        _check_header(header)
+        rows = list(reader)
+    except csv.Error:
+        return _read_line_by_line(text)  # to report the first problem in file order
+    if reader.line_num != len(rows) + 1 or any(len(row) != _WIDTH for row in rows):
+        return _read_line_by_line(text)  # a field holds a newline, or a line is malformed
+    # Every record is one line: the n-th unit is on line n + 1, after the header.
+    return range(2, len(rows) + 2), rows
+
+
+def _read_line_by_line(text: str) -> tuple[list[int], list[list[str]]]:
+    """`_read`, record by record: the line each record starts on, the first error where it is."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_DELIMITER, strict=True)
+    lines: list[int] = []
+    rows: list[list[str]] = []
+    try:
+        _check_header(next(reader, []))
+        # A record starts on the line after the previous one ended (line_num counts the lines
+        # read so far, including those inside a quoted field that holds a newline).
+        end = reader.line_num
         for row in reader:
-            start = reader.line_num - sum(field.count("\n") for field in row)
-            if len(row) != len(_common.FIELDS):
+            if len(row) != _WIDTH:
                 raise PivotInvalid(
-                    f"csv pivot file: line {start} has {len(row)} fields, "
-                    f"expected {len(_common.FIELDS)}"
+                    f"csv pivot file: line {end + 1} has {len(row)} fields, expected {_WIDTH}"
                 )
-            lines.append(start)
-            rows.append(dict(zip(_common.FIELDS, row, strict=True)))
+            lines.append(end + 1)
+            rows.append(row)
+            end = reader.line_num
     except csv.Error as err:
         raise PivotInvalid(f"csv pivot file: line {reader.line_num}: {err}") from err
     return lines, rows
 
 
-def _unit(row: dict[str, str]) -> dict[str, object]:
-    unit: dict[str, object] = {"id_fiche_ror": row["id_fiche_ror"]}
-    for field in _COUNT_FIELDS:
-        value = row[field]
-        unit[field] = int(value) if _COUNT.fullmatch(value) else value
-    if row["date_maj"]:
-        unit["date_maj"] = row["date_maj"]
-    return unit
+def _check_header(header: list[str]) -> None:
+    if tuple(header) != _common.FIELDS:
+        raise PivotInvalid(
+            f"csv pivot file: line 1 must be the header {_DELIMITER.join(_common.FIELDS)!r}, "
+            f"found {_DELIMITER.join(header)!r}"
+        )
 
 
-def _where(path: json_pivot.Path, lines: list[int]) -> str:
+def _units(rows: list[list[str]]) -> list[dict[str, object]]:
+    """The `unites` of the JSON document, one per line."""
+    # Counts repeat (a few hundred distinct texts in 30,000 cells): each text is judged once.
+    texts = {row[column] for row in rows for column in (_INSTALLED, _CLOSED, _AVAILABLE)}
+    count = {text: int(text) if _COUNT.fullmatch(text) else text for text in texts}
+    units: list[dict[str, object]] = []
+    for row in rows:
+        unit: dict[str, object] = {
+            "id_fiche_ror": row[_ID],
+            "lits_installes": count[row[_INSTALLED]],
+            "lits_fermes": count[row[_CLOSED]],
+            "lits_disponibles": count[row[_AVAILABLE]],
+        }
+        if row[_DATE_MAJ]:
+            unit["date_maj"] = row[_DATE_MAJ]
+        units.append(unit)
+    return units
+
+
+def _where(path: json_pivot.Path, lines: Sequence[int]) -> str:
     """A schema path in the CSV's own terms: the line and the column."""
     match path:
         case ("unites", int(index), str(field), *_):

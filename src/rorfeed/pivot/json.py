@@ -3,45 +3,74 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from functools import cache
 from importlib.resources import files
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from jsonschema import Draft202012Validator
+# fastjsonschema ships type hints only in its recent releases (the floor, 2.19, has none): the
+# ignore serves the older ones, and is itself ignored when the installed one is typed.
+import fastjsonschema  # type: ignore[import-untyped, unused-ignore]
 
 from rorfeed.errors import PivotInvalid
-from rorfeed.model import Snapshot
+from rorfeed.model import Snapshot, UnitRecord
 from rorfeed.pivot import _common
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 extension: Final = "json"
 
 # Where a schema error lies in a document, e.g. ("unites", 2, "lits_fermes").
 Path = tuple[str | int, ...]
 
+# json.dumps(..., ensure_ascii=False)'s own encoder for one value: for a string, the C
+# `encode_basestring`; for a number, its repr. The same bytes as in an indented dump, since only
+# containers are laid out differently.
+_value: Callable[[object], str] = json.JSONEncoder(ensure_ascii=False).encode
+
 
 def render(snapshot: Snapshot) -> bytes:
-    units: list[dict[str, object]] = []
-    for unit in snapshot.sorted_units():
-        entry: dict[str, object] = {
-            "id_fiche_ror": unit.ror_id,
-            "lits_installes": unit.counts.installed,
-            "lits_fermes": unit.counts.closed,
-            "lits_disponibles": unit.counts.available,
-        }
-        date_maj = _common.date_maj(unit, snapshot)
-        if date_maj is not None:
-            entry["date_maj"] = date_maj
-        units.append(entry)
-    document = {
-        "version": _common.FORMAT_VERSION,
-        "horodatage": _common.horodatage(snapshot),
-        "nom_etablissement": snapshot.establishment_name,
-        "finess_etablissement": snapshot.finess,
-        "unites": units,
-    }
-    return _common.encode(json.dumps(document, ensure_ascii=False, indent=2) + "\n", "json")
+    """The bytes of `json.dumps(document, ensure_ascii=False, indent=2) + "\\n"`, made faster.
+
+    With an indent, json.dumps walks every unit with its pure-Python encoder; here each value
+    goes through the C encoder and the fixed indent-2 layout is written around it.
+    tests/test_pivot_fast.py holds the two byte for byte.
+    """
+    units = [_unit(unit, _common.date_maj(unit, snapshot)) for unit in snapshot.sorted_units()]
+    # json.dumps writes an empty list as "[]"; such a file fails the schema (minItems) anyway.
+    unites = "[\n" + ",\n".join(units) + "\n  ]" if units else "[]"
+    text = (
+        "{\n"
+        f'  "version": {_value(_common.FORMAT_VERSION)},\n'
+        f'  "horodatage": {_value(_common.horodatage(snapshot))},\n'
+        f'  "nom_etablissement": {_value(snapshot.establishment_name)},\n'
+        f'  "finess_etablissement": {_value(snapshot.finess)},\n'
+        f'  "unites": {unites}\n'
+        "}\n"
+    )
+    return _common.encode(text, "json")
+
+
+def _unit(unit: UnitRecord, date_maj: str | None) -> str:
+    counts = unit.counts
+    text = (
+        "    {\n"
+        f'      "id_fiche_ror": {_value(unit.ror_id)},\n'
+        f'      "lits_installes": {_count(counts.installed)},\n'
+        f'      "lits_fermes": {_count(counts.closed)},\n'
+        f'      "lits_disponibles": {_count(counts.available)}'
+    )
+    if date_maj is not None:
+        text += f',\n      "date_maj": {_value(date_maj)}'
+    return text + "\n    }"
+
+
+def _count(value: int) -> str:
+    # str() is what json writes for a plain int, and the cheapest call; anything else (a bool
+    # that slipped through is `true`, not `1`) goes through json's encoder like the rest.
+    return str(value) if type(value) is int else _value(value)
 
 
 def validate(data: bytes) -> None:
@@ -64,7 +93,16 @@ def validate(data: bytes) -> None:
 
 
 def schema_errors(document: object) -> Iterator[tuple[Path, str]]:
-    """(path, message) for each way `document` breaks the schema, in document order."""
+    """(path, message) for each way `document` breaks the schema, in document order.
+
+    `document` is a value as json.loads gives it (dict, list, str, int, Decimal, bool, None).
+    A compiled fastjsonschema check runs first; only when it refuses the document does
+    jsonschema run, to list every error with its place, in the same words as ever. The verdict
+    is always jsonschema's: the fast check only says "valid" where jsonschema does too
+    (tests/test_pivot_fast.py holds them together over generated documents).
+    """
+    if _fast_accepts(document):
+        return
     errors = sorted(_validator().iter_errors(document), key=lambda e: _order(e.absolute_path))
     for error in errors:
         yield tuple(error.absolute_path), error.message
@@ -78,10 +116,47 @@ def path_text(path: Path) -> str:
     return text or "(document)"
 
 
+def _fast_accepts(document: object) -> bool:
+    # fastjsonschema takes a tuple for a JSON array where jsonschema does not. JSON cannot give
+    # a tuple, but this function must never be the more lenient of the two: such a document
+    # goes to jsonschema, which decides. `unites` is the schema's only array.
+    if isinstance(document, dict) and isinstance(document.get("unites"), tuple):
+        return False
+    try:
+        _fast_validator()(document)
+    except fastjsonschema.JsonSchemaValueException:
+        return False
+    return True
+
+
+@cache
+def _fast_validator() -> Callable[[object], object]:
+    # The generated code has fastjsonschema's draft 2019-09 semantics (it has no 2020-12); every
+    # keyword the schema uses (type, const, pattern, required, properties, additionalProperties,
+    # items as one schema, minItems, minimum) means the same in both drafts.
+    # use_default=False: the check must not write defaults into the document it checks.
+    # use_formats=False: jsonschema, as called here, treats "format" as an annotation; the fast
+    # check does the same, so that neither is stricter. (The schema uses patterns, not format.)
+    validator: Callable[[object], object] = fastjsonschema.compile(
+        _schema(), use_default=False, use_formats=False
+    )
+    return validator
+
+
 @cache
 def _validator() -> Draft202012Validator:
+    # Imported here, on the failure path only: jsonschema and referencing take about 0.1 s to
+    # import, which a cycle whose files are valid never needs to pay.
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(_schema())
+
+
+@cache
+def _schema() -> dict[str, Any]:
     schema = json.loads(files("rorfeed.pivot").joinpath("pivot.schema.json").read_text("utf-8"))
-    return Draft202012Validator(_inline_refs(schema, schema["$defs"]))
+    inlined: dict[str, Any] = _inline_refs(schema, schema["$defs"])
+    return inlined
 
 
 def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
@@ -104,7 +179,8 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
     pattern = out.get("pattern")
     if isinstance(pattern, str) and pattern.endswith("$"):
         # jsonschema applies patterns with Python's re.search, where "$" also matches before
-        # a final newline: \Z keeps a fiche id ending in a newline from passing.
+        # a final newline: \Z keeps a fiche id ending in a newline from passing. (The fast
+        # check compiles this same inlined schema, and also searches with re.search.)
         out["pattern"] = pattern[:-1] + "\\Z"
     return out
 
@@ -120,9 +196,11 @@ def _refuse_constant(name: str) -> object:
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     # json.loads would silently keep the last of two counts for the same field.
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"key {key!r} appears twice in one object")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):  # dict() at C speed; the slow search only to name the key
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"key {key!r} appears twice in one object")
+            seen.add(key)
     return result
