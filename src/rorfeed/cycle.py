@@ -382,6 +382,8 @@ class Cycle:
     def _deliver(self) -> list[DeliveryReport]:
         reports = []
         max_age = timedelta(minutes=self.config.file.rules.max_file_age_minutes)
+        # A snapshot's units never change: read once per delivery, not once per format.
+        snapshot_units: dict[int, set[str]] = {}
         for index, dest in enumerate(self.config.file.destinations):
             report = self.outbox.deliver(
                 dest.name,
@@ -390,7 +392,7 @@ class Cycle:
                 max_age=max_age,
                 production=dest.environment == "production",
                 clock=self.clock,
-                hold=lambda row: _hold_reason(self.store, row),
+                hold=lambda row: _hold_reason(self.store, row, snapshot_units),
             )
             if not report.ok:
                 log.error(
@@ -409,12 +411,25 @@ def _changes(state: FeedState, installed: int) -> bool:
     return (state.streak, state.last_rules, state.last_accepted_installed) != (0, "", installed)
 
 
-def _hold_reason(store: Store, row: LedgerRow) -> str | None:
-    """Why a file written earlier must not leave now: a switch made since (SPEC §2)."""
+def _hold_reason(
+    store: Store, row: LedgerRow, snapshot_units: dict[int, set[str]] | None = None
+) -> str | None:
+    """Why a file written earlier must not leave now: a switch made since (SPEC §2).
+
+    The switches are read afresh for every file; `snapshot_units` keeps the units of each
+    snapshot already read (they never change).
+    """
     switches = store.killswitches()
     if switches.get(GLOBAL) or switches.get(row.finess):
         return "kill-switch turned on after the file was written"
-    stopped = store.unsendable_ror_ids(row.finess) & store.snapshot_ror_ids(row.snapshot_id)
+    unsendable = store.unsendable_ror_ids(row.finess)
+    if not unsendable:
+        return None
+    cache = {} if snapshot_units is None else snapshot_units
+    units = cache.get(row.snapshot_id)
+    if units is None:
+        units = cache[row.snapshot_id] = store.snapshot_ror_ids(row.snapshot_id)
+    stopped = unsendable & units
     if stopped:
         shown = ", ".join(sorted(stopped)[:5]) + (" …" if len(stopped) > 5 else "")
         return f"unit(s) switched to manual after the file was written: {shown}"
