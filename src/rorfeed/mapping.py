@@ -70,6 +70,8 @@ def parse_mapping(path: Path) -> Mapping:
     if unknown:
         problems.append(f"{path}:1: unknown column(s) {shown(', '.join(unknown))}")
     index = {name: header.index(name) for name in header if name in (*COLUMNS, "mode")}
+    at_local, at_ror, at_label = index["local_code"], index["ror_id"], index["label"]
+    at_mode = index.get("mode")
     units: list[MappedUnit] = []
     local_seen: dict[str, int] = {}
     ror_seen: dict[str, int] = {}
@@ -81,11 +83,9 @@ def parse_mapping(path: Path) -> Mapping:
             problems.append(f"{path}:{line}: {len(row)} fields, expected {len(header)}")
             continue
 
-        def cell(name: str, row: list[str] = row) -> str:
-            return row[index[name]].strip() if name in index else ""
-
-        local_code, ror_id, label = cell("local_code"), cell("ror_id"), cell("label")
-        mode_text = cell("mode").lower() or Mode.AUTO.value
+        local_code, ror_id = row[at_local].strip(), row[at_ror].strip()
+        label = row[at_label].strip()
+        mode_text = (row[at_mode].strip().lower() if at_mode is not None else "") or Mode.AUTO.value
         if mode_text not in (Mode.AUTO.value, Mode.MANUAL.value):
             problems.append(f'{path}:{line}: mode "{shown(mode_text)}" — expected auto or manual')
             continue
