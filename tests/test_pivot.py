@@ -391,6 +391,90 @@ def test_xml_schema_message_points_at_the_line() -> None:
         xml_pivot.validate(edited("xml", rendered("xml"), "lits_fermes", -3, 1))
 
 
+# --- XML: large files, broken files ------------------------------------------------------------
+
+
+def many_units(count: int) -> Snapshot:
+    units = tuple(UnitRecord(f"52/{i:06d}", BedCounts(3, 1, 2)) for i in range(count))
+    return replace(small_snapshot(), establishment_name="Clinique", units=units)
+
+
+def xml_line_of(data: bytes, text: bytes) -> int:
+    return data.count(b"\n", 0, data.index(text)) + 1
+
+
+def test_xml_bad_unit_deep_in_a_large_file_is_reported_with_its_line() -> None:
+    # 12,000 units: lines past 65,535 (where libxml2 once stopped counting).
+    data = xml_pivot.render(many_units(12_000))
+    bad = data.replace(
+        b"<id_fiche_ror>52/011000</id_fiche_ror>\n    <lits_installes>3</lits_installes>",
+        b"<id_fiche_ror>52/011000</id_fiche_ror>\n    <lits_installes>-3</lits_installes>",
+    )
+    line = xml_line_of(bad, b"<lits_installes>-3<")
+    assert line > 65_535
+    with pytest.raises(PivotInvalid) as caught:
+        xml_pivot.validate(bad)
+    assert str(caught.value) == (
+        "xml pivot file does not match its schema:\n"
+        f"line {line}: Element 'lits_installes': '-3' is not a valid value of the atomic type "
+        "'lits'."
+    )
+
+
+def test_xml_header_fault_is_reported_once() -> None:
+    data = xml_pivot.render(many_units(7)).replace(b">750712184<", b">75071218<")
+    with pytest.raises(PivotInvalid) as caught:
+        xml_pivot.validate(data)
+    assert str(caught.value) == (
+        "xml pivot file does not match its schema:\n"
+        "line 4: Element 'finess_etablissement': [facet 'pattern'] The value '75071218' is not "
+        "accepted by the pattern '([0-9]{2}|2A|2B)[0-9]{7}'."
+    )
+
+
+def test_xml_file_cut_short_anywhere_is_refused() -> None:
+    data = xml_pivot.render(many_units(3))
+    for end in range(1, len(data) - 1):
+        cut = data[:end] if data[end - 1 : end] == b"\n" else data[:end] + b"\n"
+        with pytest.raises(PivotInvalid, match="not well-formed XML"):
+            xml_pivot.validate(cut)
+
+
+def test_xml_text_between_units_is_refused() -> None:
+    data = xml_pivot.render(many_units(400))
+    ends = [i + len(b"</unite>") for i in range(len(data)) if data.startswith(b"</unite>", i)]
+    for end in ends[150:200]:
+        for blank in (400, 5_000, 40_000):
+            junk = data[:end] + b" " * blank + b"X" + data[end:]
+            with pytest.raises(PivotInvalid, match="Character content other than whitespace"):
+                xml_pivot.validate(junk)
+
+
+def test_xml_undefined_entity_is_not_well_formed_and_named() -> None:
+    data = rendered("xml").replace(
+        b"<lits_fermes>0</lits_fermes>", b"<lits_fermes>&x;</lits_fermes>"
+    )
+    with pytest.raises(PivotInvalid, match=r"not well-formed XML: Entity 'x' not defined, line 8"):
+        xml_pivot.validate(data)
+
+
+def test_xml_entity_the_schema_cannot_follow_is_a_refusal_not_a_crash() -> None:
+    # Declared, so well-formed; kept as a reference (resolve_entities=False), which libxml2's
+    # schema validator gives up on with its own exception.
+    data = (
+        rendered("xml")
+        .replace(b"?>\n", b"?>\n<!DOCTYPE disponibilite_lits [<!ENTITY x 'y'>]>\n", 1)
+        .replace(b"<lits_fermes>0</lits_fermes>", b"<lits_fermes>0</lits_fermes>&x;")
+    )
+    with pytest.raises(PivotInvalid, match="cannot be checked against its schema"):
+        xml_pivot.validate(data)
+
+
+def test_xml_finess_xml_cannot_carry_is_refused_naming_the_finess() -> None:
+    with pytest.raises(PivotInvalid, match="cannot hold the text of the establishment's finess"):
+        xml_pivot.render(replace(small_snapshot(), finess="75071218\x01"))
+
+
 @pytest.mark.parametrize("literal", ["3.0", "3e0", "NaN"])
 def test_json_count_written_as_a_float_is_not_an_integer(literal: str) -> None:
     data = rendered("json").replace(b'"lits_fermes": 3,', f'"lits_fermes": {literal},'.encode())
