@@ -415,9 +415,7 @@ def _changes(state: FeedState, installed: int) -> bool:
     return (state.streak, state.last_rules, state.last_accepted_installed) != (0, "", installed)
 
 
-def _hold_reason(
-    store: Store, row: LedgerRow, snapshot_units: dict[int, set[str]] | None = None
-) -> str | None:
+def _hold_reason(store: Store, row: LedgerRow, snapshot_units: dict[int, set[str]]) -> str | None:
     """Why a file written earlier must not leave now: a switch made since (SPEC §2).
 
     The switches are read afresh for every file; `snapshot_units` keeps the units of each
@@ -429,10 +427,9 @@ def _hold_reason(
     unsendable = store.unsendable_ror_ids(row.finess)
     if not unsendable:
         return None
-    cache = {} if snapshot_units is None else snapshot_units
-    units = cache.get(row.snapshot_id)
+    units = snapshot_units.get(row.snapshot_id)
     if units is None:
-        units = cache[row.snapshot_id] = store.snapshot_ror_ids(row.snapshot_id)
+        units = snapshot_units[row.snapshot_id] = store.snapshot_ror_ids(row.snapshot_id)
     stopped = unsendable & units
     if stopped:
         shown = ", ".join(sorted(stopped)[:5]) + (" …" if len(stopped) > 5 else "")
