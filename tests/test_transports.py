@@ -95,6 +95,14 @@ def test_server_advertises_posix_rename_and_it_is_used(sshd: Sshd) -> None:
         assert session.posix_rename
 
 
+def test_session_socket_sends_small_packets_at_once(sshd: Sshd) -> None:
+    # Nagle's algorithm made every SSH request wait for the peer's delayed ACK (40 ms each).
+    with sftp(sshd, sshd.remote_dir()).open(10) as session:
+        sock = session._transport.sock
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 @pytest.mark.parametrize("posix_rename", [True, False], ids=["posix-rename", "plain-rename"])
 def test_existing_target_is_replaced(sshd: Sshd, tmp_path: Path, posix_rename: bool) -> None:
     remote = sshd.remote_dir()

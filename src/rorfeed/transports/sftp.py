@@ -234,6 +234,10 @@ class SftpTransport:
                     f"{self.where}: connect: connection refused by {s.host}:{s.port}"
                     " — is the SSH server running on that port?"
                 ) from exc
+        # Every SSH exchange is a small request waiting for its answer: with Nagle's algorithm
+        # on, each waited for the peer's delayed ACK (40 ms on Linux); off, authentication on
+        # loopback takes 11 ms instead of 50.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport: paramiko.Transport | None = None
         try:
             with _translating(self.where, "SSH handshake", deadline):
