@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 
 from rorfeed.errors import StateError
 from rorfeed.model import BedCounts, MappedUnit, Mode
-from rorfeed.state import SCHEMA_VERSION, open_store
+from rorfeed.state import SCHEMA_VERSION, Store, open_store
 
 T0 = datetime(2026, 11, 23, 13, 5, tzinfo=UTC)
 
@@ -125,6 +125,7 @@ def _downgrade_to_v1(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE users"))
         conn.execute(text("ALTER TABLE emails DROP COLUMN claimed_at"))
+        conn.execute(text("ALTER TABLE establishments DROP COLUMN applied_snapshot_id"))
         conn.execute(text("UPDATE rorfeed_meta SET value = '1'"))
     engine.dispose()
 
@@ -210,5 +211,117 @@ def test_batched_writes_and_the_light_read_agree_with_the_full_read(
         assert full["R3"].last_counts is None and full["R3"].last_counts_at is None
         assert (full["R2"].streak, full["R2"].last_rules) == (1, ("count_missing", "unit_missing"))
         assert store.files("d", ("delivered",))[0].status == "delivered"
+    finally:
+        store.engine.dispose()
+
+
+def _deliver(store: Store, finess: str, at: datetime, counts: dict[str, BedCounts]) -> None:
+    """Stage one file of a snapshot of `counts` and record it delivered to production."""
+    sid = store.add_snapshot(finess, at, counts)
+    store.add_file("d", f"f{at:%H%M}.xml", sid, finess, at, 100, at)
+    [row] = [r for r in store.files("d", ("pending",)) if r.snapshot_id == sid]
+    store.mark_delivered(row, at, production=True)
+
+
+def _last(store: Store, finess: str) -> dict[str, tuple[BedCounts | None, datetime | None]]:
+    return {u.ror_id: (u.last_counts, u.last_counts_at) for u in store.units(finess)}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_last_values_sent_follow_the_newest_delivery_of_each_unit(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A unit's last values sent are those of the newest delivered file that carried it,
+    however the deliveries came: a unit left out this hour keeps the previous hour's values,
+    a file that waited in the outbox never overwrites newer values, and a second format of
+    the same file changes nothing."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("pg_server").create_db("last_values_test")
+    store = open_store(url)
+    try:
+        f = "750712184"
+        store.sync_mapping(
+            f,
+            units(
+                ("A", "R1", "Réa", Mode.AUTO),
+                ("B", "R2", "Med", Mode.AUTO),
+                ("C", "R3", "Pal", Mode.AUTO),
+            ),
+            T0,
+        )
+        t1, t2, t3 = (T0.replace(hour=h) for h in (14, 15, 16))
+        _deliver(store, f, t1, {"R1": BedCounts(10, 0, 1), "R2": BedCounts(20, 0, 2)})
+        assert _last(store, f) == {
+            "R1": (BedCounts(10, 0, 1), t1),
+            "R2": (BedCounts(20, 0, 2), t1),
+            "R3": (None, None),
+        }
+        # R2 rejected at t2: it keeps what t1 sent.
+        _deliver(store, f, t2, {"R1": BedCounts(11, 0, 1)})
+        expected = {
+            "R1": (BedCounts(11, 0, 1), t2),
+            "R2": (BedCounts(20, 0, 2), t1),
+            "R3": (None, None),
+        }
+        assert _last(store, f) == expected
+        # The same snapshot delivered again (another format, another destination).
+        [t2_row] = [r for r in store.files("d", ("delivered",)) if r.cycle_time == t2]
+        store.mark_delivered(t2_row, t3, production=True)
+        assert _last(store, f) == expected
+        # A file of t0 that waited in the outbox: only R3, which nothing newer carried, takes it.
+        _deliver(
+            store,
+            f,
+            T0,
+            {"R1": BedCounts(1, 0, 0), "R2": BedCounts(2, 0, 0), "R3": BedCounts(3, 0, 0)},
+        )
+        expected["R3"] = (BedCounts(3, 0, 0), T0)
+        assert _last(store, f) == expected
+        # A newer hour that leaves R1 out; R2 and R3 back.
+        _deliver(store, f, t3, {"R2": BedCounts(21, 1, 2), "R3": BedCounts(30, 0, 3)})
+        assert _last(store, f) == {
+            "R1": (BedCounts(11, 0, 1), t2),
+            "R2": (BedCounts(21, 1, 2), t3),
+            "R3": (BedCounts(30, 0, 3), t3),
+        }
+        # The values survive reopening, and a mode switch reports them as they were.
+        store.engine.dispose()
+        store = open_store(url)
+        [before] = store.set_units_mode([(f, "R1")], Mode.MANUAL, "test", "chef", t3)
+        assert (before.last_counts, before.last_counts_at) == (BedCounts(11, 0, 1), t2)
+    finally:
+        store.engine.dispose()
+
+
+def test_schema_2_store_keeps_its_last_values_sent(tmp_path: Path) -> None:
+    """Before schema 3 every unit's last values were in its own columns: they still show."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = open_store(url)
+    f = "750712184"
+    store.sync_mapping(f, units(("A", "R1", "Réa", Mode.AUTO), ("B", "R2", "Med", Mode.AUTO)), T0)
+    store.engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE units SET last_installed = 9, last_closed = 1, last_available = 2,"
+                " last_counts_at = :t WHERE ror_id = 'R1'"
+            ),
+            {"t": T0.replace(tzinfo=None)},
+        )
+        conn.execute(text("ALTER TABLE establishments DROP COLUMN applied_snapshot_id"))
+        conn.execute(text("UPDATE rorfeed_meta SET value = '2'"))
+    engine.dispose()
+    store = open_store(url)
+    try:
+        assert _last(store, f) == {"R1": (BedCounts(9, 1, 2), T0), "R2": (None, None)}
+        later = T0.replace(hour=14)
+        _deliver(store, f, later, {"R2": BedCounts(5, 0, 5)})
+        assert _last(store, f) == {
+            "R1": (BedCounts(9, 1, 2), T0),
+            "R2": (BedCounts(5, 0, 5), later),
+        }
     finally:
         store.engine.dispose()

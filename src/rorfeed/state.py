@@ -49,7 +49,7 @@ from sqlalchemy.sql.elements import BindParameter
 from rorfeed.errors import StateError
 from rorfeed.model import BedCounts, MappedUnit, Mode
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EMAIL_CLAIM_TIMEOUT = timedelta(minutes=10)
 ACTOR_RORFEED = "rorfeed"
 GLOBAL = "*"  # the key of the global kill-switch
@@ -100,6 +100,7 @@ units_t = Table(
     Column("last_closed", Integer),
     Column("last_available", Integer),
     Column("last_counts_at", UTCDateTime),
+    # ↑ Older than the establishment's applied snapshot: see establishments.applied_snapshot_id.
 )
 
 audit_t = Table(
@@ -125,6 +126,11 @@ establishments_t = Table(
     Column("killswitch_since", UTCDateTime),
     Column("killswitch_reason", Text, nullable=False, default=""),
     Column("unreachable_streak", Integer, nullable=False, default=0),
+    # The newest snapshot of this establishment delivered to a production destination. A
+    # unit it carries has its values as its last values sent; the unit's own `last_*`
+    # columns hold older values, for the units it does not carry (rejected, manual, new).
+    # So an hour's delivery writes one row, not one per unit.
+    Column("applied_snapshot_id", Integer),
 )
 
 cycles_t = Table(
@@ -284,12 +290,31 @@ class LedgerRow:
     attempts: int
 
 
-def _unit_state(row: Any) -> UnitState:
-    counts = (
-        BedCounts(row.last_installed, row.last_closed, row.last_available)
-        if row.last_installed is not None
-        else None
-    )
+# A snapshot's counts as stored: ROR fiche id → [installed, closed, available].
+SnapshotCounts = dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """An establishment's applied snapshot: the last values sent of the units it carries."""
+
+    snapshot_id: int
+    cycle_time: datetime
+    counts: SnapshotCounts
+
+
+def _unit_state(row: Any, applied: _Applied | None) -> UnitState:
+    sent = applied.counts.get(row.ror_id) if applied is not None else None
+    if applied is not None and sent is not None:
+        counts: BedCounts | None = BedCounts(*sent)
+        counts_at = applied.cycle_time
+    else:
+        counts = (
+            BedCounts(row.last_installed, row.last_closed, row.last_available)
+            if row.last_installed is not None
+            else None
+        )
+        counts_at = row.last_counts_at
     return UnitState(
         finess=row.finess,
         ror_id=row.ror_id,
@@ -304,8 +329,14 @@ def _unit_state(row: Any) -> UnitState:
         last_rules=tuple(r for r in row.last_rules.split(",") if r),
         last_accepted_installed=row.last_accepted_installed,
         last_counts=counts,
-        last_counts_at=row.last_counts_at,
+        last_counts_at=counts_at,
     )
+
+
+def _snapshot_json(counts: dict[str, BedCounts]) -> str:
+    # In the cycle's order (the mapping's): no reader depends on the order, and sorting
+    # 100,000 ids took 0.14 s.
+    return json.dumps({k: [c.installed, c.closed, c.available] for k, c in counts.items()})
 
 
 def _executemany(conn: Connection, statement: Update, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -399,7 +430,21 @@ class Store:
         if finess is not None:
             q = q.where(units_t.c.finess == finess)
         with self.tx() as conn:
-            return [_unit_state(r) for r in conn.execute(q)]
+            applied = self._applied(conn, finess)
+            return [_unit_state(r, applied.get(r.finess)) for r in conn.execute(q)]
+
+    @staticmethod
+    def _applied(conn: Connection, finess: str | None = None) -> dict[str, _Applied]:
+        """finess → its applied snapshot (every establishment that has one, or just `finess`)."""
+        e, s = establishments_t.c, snapshots_t.c
+        q = select(e.finess, s.id, s.cycle_time, s.counts).join(
+            snapshots_t, s.id == e.applied_snapshot_id
+        )
+        if finess is not None:
+            q = q.where(e.finess == finess)
+        return {
+            f: _Applied(int(sid), at, json.loads(counts)) for f, sid, at, counts in conn.execute(q)
+        }
 
     def feed_states(self, finess: str) -> dict[str, FeedState]:
         """ROR id → what the cycle needs to judge and record the unit, for every stored unit
@@ -438,11 +483,18 @@ class Store:
         # Only the columns compared below: no time to convert for 10,000 unchanged units.
         columns = (c.ror_id, c.local_code, c.label, c.declared_mode, c.mode, c.in_mapping)
         with self.tx() as conn:
-            known = {r.ror_id: r for r in conn.execute(select(*columns).where(c.finess == finess))}
-            seen = set()
+            known = {r[0]: r for r in conn.execute(select(*columns).where(c.finess == finess))}
+            seen = {u.ror_id for u in units}
             for u in units:
-                seen.add(u.ror_id)
                 old = known.get(u.ror_id)
+                if (
+                    old is not None  # the common case first: a unit as it was (StrEnum ==)
+                    and old.in_mapping
+                    and old.local_code == u.local_code
+                    and old.label == u.label
+                    and old.declared_mode == u.declared_mode
+                ):
+                    continue
                 if old is None:
                     added.append(
                         {
@@ -715,14 +767,17 @@ class Store:
         (StateError, nothing changed) to put a fiche declared manual back to automated.
         """
         changed: list[UnitState] = []
+        applied: dict[str, _Applied | None] = {}
         with self.tx() as conn:
             for finess, ror_id in targets:
+                if finess not in applied:  # read once per establishment, not once per unit
+                    applied[finess] = self._applied(conn, finess).get(finess)
                 row = conn.execute(
                     select(units_t).where(units_t.c.finess == finess, units_t.c.ror_id == ror_id)
                 ).first()
                 if row is None:
                     raise StateError(f"unit {finess} {ror_id} is not in the state store")
-                before = _unit_state(row)
+                before = _unit_state(row, applied[finess])
                 if mode is Mode.AUTO and before.declared_mode is Mode.MANUAL:
                     raise StateError(
                         f"fiche {ror_id} ({before.label}) is declared manual in the mapping: "
@@ -818,9 +873,7 @@ class Store:
     # -- snapshots and the delivery ledger ------------------------------------------------
 
     def add_snapshot(self, finess: str, cycle_time: datetime, counts: dict[str, BedCounts]) -> int:
-        payload = json.dumps(
-            {k: [c.installed, c.closed, c.available] for k, c in sorted(counts.items())}
-        )
+        payload = _snapshot_json(counts)
         with self.tx() as conn:
             result = conn.execute(
                 insert(snapshots_t).values(finess=finess, cycle_time=cycle_time, counts=payload)
@@ -839,9 +892,7 @@ class Store:
         files an earlier run staged stay as they are (None). An earlier snapshot with no file
         yet takes the new counts.
         """
-        payload = json.dumps(
-            {k: [c.installed, c.closed, c.available] for k, c in sorted(counts.items())}
-        )
+        payload = _snapshot_json(counts)
         with self.tx() as conn:
             earlier = conn.execute(
                 select(snapshots_t.c.id).where(
@@ -938,37 +989,83 @@ class Store:
                 .where(files_t.c.id == row.id)
                 .values(status=DELIVERED, updated_at=now, last_error="")
             )
-            if not production:
-                return
-            counts = json.loads(
-                conn.execute(
-                    select(snapshots_t.c.counts).where(snapshots_t.c.id == row.snapshot_id)
-                ).scalar_one()
+            if production:
+                self._apply_snapshot(conn, row.finess, row.snapshot_id, row.cycle_time)
+
+    def _apply_snapshot(
+        self, conn: Connection, finess: str, snapshot_id: int, cycle_time: datetime
+    ) -> None:
+        """Make a delivered snapshot's values the last values sent of the units it carries.
+
+        The newest delivered snapshot becomes the establishment's applied one: one row
+        written, whatever the number of units. Only the units the previous applied snapshot
+        carried and this one does not (rejected or manual this hour) get that snapshot's
+        values in their own columns. A delivery older than the applied snapshot (a file that
+        waited in the outbox) gives its values only to the units the applied one lacks, and
+        only where they are newer: never does an older delivery overwrite newer values.
+        """
+        self._ensure_establishment(conn, finess)
+        applied_id = conn.execute(
+            select(establishments_t.c.applied_snapshot_id).where(
+                establishments_t.c.finess == finess
             )
-            if not counts:
-                return
-            # One batched statement: a 10,000-unit file is one round trip, not 10,000.
-            _executemany(
+        ).scalar_one()
+        if applied_id == snapshot_id:
+            return  # the same file in another format, or for another destination
+        current = self._applied(conn, finess).get(finess)
+        counts: SnapshotCounts = json.loads(
+            conn.execute(
+                select(snapshots_t.c.counts).where(snapshots_t.c.id == snapshot_id)
+            ).scalar_one()
+        )
+        if current is not None and cycle_time < current.cycle_time:
+            self._write_last_values(
                 conn,
-                update(units_t)
-                .where(
-                    units_t.c.finess == row.finess,
-                    units_t.c.ror_id == bindparam("b_ror_id"),
-                    # Never let an older delivery overwrite newer last values.
-                    (units_t.c.last_counts_at.is_(None))
-                    | (units_t.c.last_counts_at <= row.cycle_time),
-                )
-                .values(
-                    last_installed=bindparam("b_installed"),
-                    last_closed=bindparam("b_closed"),
-                    last_available=bindparam("b_available"),
-                    last_counts_at=row.cycle_time,
-                ),
-                [
-                    {"b_ror_id": r, "b_installed": i, "b_closed": c, "b_available": a}
-                    for r, (i, c, a) in counts.items()
-                ],
+                finess,
+                {r: v for r, v in counts.items() if r not in current.counts},
+                cycle_time,
             )
+            return
+        if current is not None:
+            self._write_last_values(
+                conn,
+                finess,
+                {r: v for r, v in current.counts.items() if r not in counts},
+                current.cycle_time,
+            )
+        conn.execute(
+            update(establishments_t)
+            .where(establishments_t.c.finess == finess)
+            .values(applied_snapshot_id=snapshot_id)
+        )
+
+    @staticmethod
+    def _write_last_values(
+        conn: Connection, finess: str, counts: SnapshotCounts, cycle_time: datetime
+    ) -> None:
+        """Units' own last values, where `cycle_time` is newer than what they hold."""
+        if not counts:
+            return
+        # One batched statement: a 10,000-unit file is one round trip, not 10,000.
+        _executemany(
+            conn,
+            update(units_t)
+            .where(
+                units_t.c.finess == finess,
+                units_t.c.ror_id == bindparam("b_ror_id"),
+                (units_t.c.last_counts_at.is_(None)) | (units_t.c.last_counts_at <= cycle_time),
+            )
+            .values(
+                last_installed=bindparam("b_installed"),
+                last_closed=bindparam("b_closed"),
+                last_available=bindparam("b_available"),
+                last_counts_at=cycle_time,
+            ),
+            [
+                {"b_ror_id": r, "b_installed": i, "b_closed": c, "b_available": a}
+                for r, (i, c, a) in counts.items()
+            ],
+        )
 
     def unsendable_ror_ids(self, finess: str) -> set[str]:
         """The units of `finess` that must not be sent now (manual, or out of the mapping)."""
@@ -1178,8 +1275,19 @@ def _migrate_1_to_2(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {emails_t.name} ADD COLUMN claimed_at {column}")
 
 
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Version 3: an establishment's applied snapshot (until then every unit's last values
+    were in its own columns, which stays a valid state: no snapshot applied)."""
+    columns = {c["name"] for c in inspect(conn).get_columns(establishments_t.name)}
+    if "applied_snapshot_id" not in columns:
+        column = establishments_t.c.applied_snapshot_id.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {establishments_t.name} ADD COLUMN applied_snapshot_id {column}"
+        )
+
+
 # Migrations from version N to N+1, as functions of a connection. Each keeps every row.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def open_store(url: str) -> Store:
