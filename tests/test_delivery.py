@@ -26,6 +26,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from sqlalchemy import text
 
 from rorfeed.cli import main
 from rorfeed.config import load
@@ -101,6 +102,25 @@ def test_cycle_delivers_all_three_formats_identical_and_archives_them(site: Site
     assert {(u.last_counts_at, u.last_counts) for u in units} == {
         (t, BedCounts(installed=20, closed=2, available=5))
     }
+
+
+def test_cycle_forgets_ledger_rows_and_snapshots_past_the_retention(site: Site) -> None:
+    t = utc_now()
+    long_ago = t - timedelta(days=31)  # archive_days defaults to 30
+    counts = {"R1": BedCounts(1, 0, 1)}
+    old_snapshot = site.store.add_snapshot(FINESS, long_ago, counts)
+    site.store.add_file(DESTINATION, "old.xml", old_snapshot, FINESS, long_ago, 10, long_ago)
+    [row] = site.store.files(DESTINATION, ("pending",))
+    site.store.set_file_status(row.id, "delivered", long_ago)
+    site.store.add_snapshot(FINESS, long_ago + timedelta(hours=1), counts)  # no file staged
+    assert "old.xml" in site.ledger()
+    report = site.cycle(t)
+    assert not report.failed
+    assert site.ledger() == dict.fromkeys(names(t), ("delivered", 1))
+    with site.store.engine.begin() as conn:
+        left = conn.execute(text("SELECT count(*) FROM snapshots")).scalar_one()
+    assert left == 1  # this cycle's: it gives the units their last values sent
+    assert {u.last_counts_at for u in site.store.units(FINESS)} == {t}
 
 
 def test_rsa_client_key_with_a_passphrase_from_a_file_delivers(site: Site, sshd: Sshd) -> None:

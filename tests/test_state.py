@@ -215,12 +215,13 @@ def test_batched_writes_and_the_light_read_agree_with_the_full_read(
         store.engine.dispose()
 
 
-def _deliver(store: Store, finess: str, at: datetime, counts: dict[str, BedCounts]) -> None:
-    """Stage one file of a snapshot of `counts` and record it delivered to production."""
+def _deliver(store: Store, finess: str, at: datetime, counts: dict[str, BedCounts]) -> int:
+    """Stage one file of a snapshot of `counts`, record it delivered to production; its id."""
     sid = store.add_snapshot(finess, at, counts)
-    store.add_file("d", f"f{at:%H%M}.xml", sid, finess, at, 100, at)
+    store.add_file("d", f"{finess}-{at:%Y%m%d%H%M}.xml", sid, finess, at, 100, at)
     [row] = [r for r in store.files("d", ("pending",)) if r.snapshot_id == sid]
     store.mark_delivered(row, at, production=True)
+    return sid
 
 
 def _last(store: Store, finess: str) -> dict[str, tuple[BedCounts | None, datetime | None]]:
@@ -323,5 +324,44 @@ def test_schema_2_store_keeps_its_last_values_sent(tmp_path: Path) -> None:
             "R1": (BedCounts(9, 1, 2), T0),
             "R2": (BedCounts(5, 0, 5), later),
         }
+    finally:
+        store.engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_purge_forgets_old_done_files_and_their_snapshots_only(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("pg_server").create_db("purge_test")
+    store = open_store(url)
+    try:
+        f, g = "750712184", "750712185"
+        for finess in (f, g):
+            store.sync_mapping(finess, units(("A", "R1", "Réa", Mode.AUTO)), T0)
+        old, older, recent = (T0.replace(day=d) for d in (2, 1, 22))
+        counts = {"R1": BedCounts(10, 0, 1)}
+        _deliver(store, f, older, counts)  # delivered long ago, superseded as f's last values
+        _deliver(store, f, old, counts)  # delivered long ago, f's applied snapshot
+        newest = _deliver(store, f, recent, {"R1": BedCounts(11, 0, 1)})  # then the newest
+        g_applied = _deliver(store, g, older, counts)  # long ago, but still g's applied one
+        waiting = store.add_snapshot(f, T0.replace(day=3), counts)  # old but still waiting
+        store.add_file("d", "waiting.xml", waiting, f, T0.replace(day=3), 100, T0)
+        store.add_snapshot(f, T0.replace(day=4), counts)  # no file was ever staged
+        assert store.newest_cycle_times("d", ("delivered",)) == {f: recent, g: older}
+
+        assert store.purge_before(T0.replace(day=20)) == (3, 3)
+
+        assert [r.file_name for r in store.files("d", ("pending",))] == ["waiting.xml"]
+        assert [r.cycle_time for r in store.files("d", ("delivered",))] == [recent]
+        with store.engine.begin() as conn:
+            kept = set(conn.execute(text("SELECT id FROM snapshots")).scalars())
+        assert kept == {waiting, g_applied, newest}
+        # The units' last values sent do not change.
+        assert _last(store, f) == {"R1": (BedCounts(11, 0, 1), recent)}
+        assert _last(store, g) == {"R1": (BedCounts(10, 0, 1), older)}
+        assert store.purge_before(T0.replace(day=20)) == (0, 0)
     finally:
         store.engine.dispose()

@@ -160,7 +160,7 @@ class Cycle:
             )
         if dry_run_dir is None:
             report.deliveries = self._deliver()
-            self.outbox.purge_archive(self.config.file.daemon.archive_days)
+            self._purge()
             # E-mails never block a cycle: a relay that is down keeps them for the next one.
             self.control.flush_notifications()
         report.duration = time.monotonic() - started
@@ -293,6 +293,22 @@ class Cycle:
             files=len(rep.files),
         )
         return rep
+
+    def _purge(self) -> None:
+        """Archived files, then the ledger rows and snapshots, older than the retention.
+
+        The state keeps at least as long as a file may wait to be delivered, so that a file
+        still waiting is always compared with every newer file of its establishment.
+        """
+        daemon = self.config.file.daemon
+        self.outbox.purge_archive(daemon.archive_days)
+        keep = max(
+            timedelta(days=daemon.archive_days),
+            timedelta(minutes=self.config.file.rules.max_file_age_minutes),
+        )
+        files, snapshots = self.store.purge_before(self.clock() - keep)
+        if files or snapshots:
+            log.info("state_purged", ledger_rows=files, snapshots=snapshots, older_than=str(keep))
 
     def _apply_decisions(self, finess: str, verdicts: dict[str, Verdict]) -> None:
         """Units rejected for too many consecutive cycles leave the feed (SPEC §6)."""

@@ -246,9 +246,9 @@ class Outbox:
         max_age: timedelta,
         report: DeliveryReport,
     ) -> list[LedgerRow]:
-        newest: dict[str, datetime] = {}
-        for row in self.store.files(destination, (PENDING, UPLOADING, DELIVERED, UNCERTAIN)):
-            newest[row.finess] = max(newest.get(row.finess, row.cycle_time), row.cycle_time)
+        newest = self.store.newest_cycle_times(
+            destination, (PENDING, UPLOADING, DELIVERED, UNCERTAIN)
+        )
         keep = []
         for row in rows:
             if row.cycle_time < newest[row.finess]:

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -964,13 +965,43 @@ class Store:
                 for r in conn.execute(q)
             ]
 
-    def known_file_names(self, destination: str) -> set[str]:
+    def newest_cycle_times(
+        self, destination: str, statuses: tuple[str, ...]
+    ) -> dict[str, datetime]:
+        """finess → the cycle time of its newest file for `destination` in `statuses`."""
+        q = (
+            select(files_t.c.finess, func.max(files_t.c.cycle_time))
+            .where(files_t.c.destination == destination, files_t.c.status.in_(statuses))
+            .group_by(files_t.c.finess)
+        )
+        with self.tx() as conn:  # max() keeps its argument's type: aware UTC times
+            return dict(conn.execute(q).all())
+
+    def purge_before(self, before: datetime) -> tuple[int, int]:
+        """Forget the ledger rows of files done before `before`, then the snapshots no file
+        and no establishment refers to; return how many of each.
+
+        Without it the state grows every hour for ever (a 10,000-unit snapshot is some
+        300 kB), and every delivery reads a longer ledger. A file still waiting or being
+        uploaded keeps its row and its snapshot, whatever its age; so does the snapshot that
+        gives units their last values sent.
+        """
+        done = (DELIVERED, UNCERTAIN, SUPERSEDED, EXPIRED, WITHHELD)
         with self.tx() as conn:
-            return set(
-                conn.execute(
-                    select(files_t.c.file_name).where(files_t.c.destination == destination)
-                ).scalars()
+            files = conn.execute(
+                delete(files_t).where(files_t.c.status.in_(done), files_t.c.cycle_time < before)
+            ).rowcount
+            applied = select(establishments_t.c.applied_snapshot_id).where(
+                establishments_t.c.applied_snapshot_id.is_not(None)
             )
+            snapshots = conn.execute(
+                delete(snapshots_t).where(
+                    snapshots_t.c.cycle_time < before,
+                    snapshots_t.c.id.not_in(applied),
+                    snapshots_t.c.id.not_in(select(files_t.c.snapshot_id)),
+                )
+            ).rowcount
+        return files, snapshots
 
     def set_file_status(
         self, file_id: int, status: str, now: datetime, error: str = "", attempt: bool = False
