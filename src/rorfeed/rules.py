@@ -146,9 +146,11 @@ def check_unit(
         return Verdict(None, (DUPLICATE_UNIT,), raw={"rows": len(rows)})
     row = rows[0]
     fired: list[str] = []
-    counts: dict[str, int] = {}
-    for name in ("installed", "closed", "available"):
-        parsed = parse_count(getattr(row, name))
+    counts: list[int] = []
+    for value in (row.installed, row.closed, row.available):
+        # A database's integer column gives an int: the common case, tested first (`type is`,
+        # not isinstance: a bool is an int to isinstance, and never a count).
+        parsed = value if type(value) is int and value >= 0 else parse_count(value)
         if parsed is None:
             fired.append(COUNT_MISSING)
         elif isinstance(parsed, _NotCount):
@@ -156,11 +158,11 @@ def check_unit(
         elif parsed > options.max_beds_per_unit:
             fired.append(COUNT_ABOVE_MAX)
         else:
-            counts[name] = parsed
+            counts.append(parsed)
 
     warnings: list[str] = []
     if len(counts) == 3:
-        installed, closed, available = counts["installed"], counts["closed"], counts["available"]
+        installed, closed, available = counts
         incoherent = []
         if closed > installed:
             incoherent.append(CLOSED_ABOVE_INSTALLED)
@@ -200,9 +202,5 @@ def check_unit(
         elif updated is not None:
             raw["updated_at"] = updated.isoformat()
         return Verdict(None, tuple(dict.fromkeys(fired)), tuple(warnings), raw)
-    record = UnitRecord(
-        ror_id=ror_id,
-        counts=BedCounts(counts["installed"], counts["closed"], counts["available"]),
-        date_maj=updated,
-    )
+    record = UnitRecord(ror_id, BedCounts(*counts), updated)
     return Verdict(record, (), tuple(warnings))
