@@ -1036,10 +1036,13 @@ class Store:
         only where they are newer: never does an older delivery overwrite newer values.
         """
         self._ensure_establishment(conn, finess)
+        # FOR UPDATE: two processes delivering two hours to two destinations at once must not
+        # both read the same applied snapshot and the older one win (PostgreSQL; a SQLite
+        # transaction already holds the write lock from its start).
         applied_id = conn.execute(
-            select(establishments_t.c.applied_snapshot_id).where(
-                establishments_t.c.finess == finess
-            )
+            select(establishments_t.c.applied_snapshot_id)
+            .where(establishments_t.c.finess == finess)
+            .with_for_update()
         ).scalar_one()
         if applied_id == snapshot_id:
             return  # the same file in another format, or for another destination
