@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,16 @@ def units(*items: tuple[str, str, str, Mode]) -> tuple[MappedUnit, ...]:
         MappedUnit(code, ror, label, mode, i + 2)
         for i, (code, ror, label, mode) in enumerate(items)
     )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty state store's URL on each backend (one database per test)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    name = re.sub(r"\W", "_", request.node.name).lower()[:60]
+    url: str = request.getfixturevalue("pg_server").create_db(name)
+    return url
 
 
 def test_first_reading_adds_every_unit_with_its_declared_mode(tmp_path: Path) -> None:
@@ -130,14 +141,8 @@ def _downgrade_to_v1(url: str) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_schema_1_store_is_migrated_without_losing_data(
-    tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-    else:
-        url = request.getfixturevalue("pg_server").create_db("migrate_test")
+def test_schema_1_store_is_migrated_without_losing_data(state_url: str) -> None:
+    url = state_url
     _downgrade_to_v1(url)
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -163,16 +168,10 @@ def test_schema_1_store_is_migrated_without_losing_data(
         store.engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_batched_writes_and_the_light_read_agree_with_the_full_read(
-    tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> None:
+def test_batched_writes_and_the_light_read_agree_with_the_full_read(state_url: str) -> None:
     """The cycle's batched statements (driver executemany) and its light read (feed_states)
     mean on each backend what the plain SQLAlchemy path means: same rows, same times."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-    else:
-        url = request.getfixturevalue("pg_server").create_db("batched_test")
+    url = state_url
     store = open_store(url)
     try:
         f = "750712184"
@@ -228,18 +227,12 @@ def _last(store: Store, finess: str) -> dict[str, tuple[BedCounts | None, dateti
     return {u.ror_id: (u.last_counts, u.last_counts_at) for u in store.units(finess)}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_last_values_sent_follow_the_newest_delivery_of_each_unit(
-    tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> None:
+def test_last_values_sent_follow_the_newest_delivery_of_each_unit(state_url: str) -> None:
     """A unit's last values sent are those of the newest delivered file that carried it,
     however the deliveries came: a unit left out this hour keeps the previous hour's values,
     a file that waited in the outbox never overwrites newer values, and a second format of
     the same file changes nothing."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-    else:
-        url = request.getfixturevalue("pg_server").create_db("last_values_test")
+    url = state_url
     store = open_store(url)
     try:
         f = "750712184"
@@ -328,14 +321,8 @@ def test_schema_2_store_keeps_its_last_values_sent(tmp_path: Path) -> None:
         store.engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_purge_forgets_old_done_files_and_their_snapshots_only(
-    tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-    else:
-        url = request.getfixturevalue("pg_server").create_db("purge_test")
+def test_purge_forgets_old_done_files_and_their_snapshots_only(state_url: str) -> None:
+    url = state_url
     store = open_store(url)
     try:
         f, g = "750712184", "750712185"
