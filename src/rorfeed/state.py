@@ -305,8 +305,7 @@ class _Applied:
 
 
 def _unit_state(row: Any, applied: _Applied | None) -> UnitState:
-    sent = applied.counts.get(row.ror_id) if applied is not None else None
-    if applied is not None and sent is not None:
+    if applied is not None and (sent := applied.counts.get(row.ror_id)) is not None:
         counts: BedCounts | None = BedCounts(*sent)
         counts_at = applied.cycle_time
     else:
