@@ -391,7 +391,7 @@ def test_xml_schema_message_points_at_the_line() -> None:
         xml_pivot.validate(edited("xml", rendered("xml"), "lits_fermes", -3, 1))
 
 
-# --- XML: large files, broken files ------------------------------------------------------------
+# --- XML: validation streams, a lot of units at a time ------------------------------------------
 
 
 def many_units(count: int) -> Snapshot:
@@ -404,7 +404,7 @@ def xml_line_of(data: bytes, text: bytes) -> int:
 
 
 def test_xml_bad_unit_deep_in_a_large_file_is_reported_with_its_line() -> None:
-    # 12,000 units: lines past 65,535 (where libxml2 once stopped counting).
+    # 12,000 units: several lots, and lines past 65,535 (where libxml2 once stopped counting).
     data = xml_pivot.render(many_units(12_000))
     bad = data.replace(
         b"<id_fiche_ror>52/011000</id_fiche_ror>\n    <lits_installes>3</lits_installes>",
@@ -421,7 +421,31 @@ def test_xml_bad_unit_deep_in_a_large_file_is_reported_with_its_line() -> None:
     )
 
 
-def test_xml_header_fault_is_reported_once() -> None:
+@pytest.mark.parametrize("per_batch", [1, 2, 3, 2000])
+def test_xml_units_out_of_order_or_repeated_across_lots_are_refused(
+    per_batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The schema's xs:unique sees one lot at a time: the order check sees the whole file.
+    monkeypatch.setattr(xml_pivot, "_CHILDREN_PER_BATCH", per_batch)
+    data = xml_pivot.render(many_units(7))
+    repeated = data.replace(b">52/000005<", b">52/000001<")
+    # In one lot, the schema finds the repeat first, as it did on the whole tree.
+    found = (
+        r"unit 6 id_fiche_ror '52/000001' is out of order|Duplicate key-sequence \['52/000001'\]"
+    )
+    with pytest.raises(PivotInvalid, match=found):
+        xml_pivot.validate(repeated)
+    last_twice = data.replace(b">52/000006<", b">52/000005<")
+    with pytest.raises(PivotInvalid, match=r"unit 7 id_fiche_ror '52/000005' repeats|Duplicate"):
+        xml_pivot.validate(last_twice)
+    xml_pivot.validate(data)
+
+
+@pytest.mark.parametrize("per_batch", [1, 2, 2000])
+def test_xml_header_fault_is_reported_once_however_many_lots(
+    per_batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(xml_pivot, "_CHILDREN_PER_BATCH", per_batch)
     data = xml_pivot.render(many_units(7)).replace(b">750712184<", b">75071218<")
     with pytest.raises(PivotInvalid) as caught:
         xml_pivot.validate(data)
@@ -432,7 +456,13 @@ def test_xml_header_fault_is_reported_once() -> None:
     )
 
 
-def test_xml_file_cut_short_anywhere_is_refused() -> None:
+@pytest.mark.parametrize("per_batch", [1, 3, 2000])
+def test_xml_file_cut_short_anywhere_is_refused(
+    per_batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the schema plugged into iterparse, lxml 6.1 / libxml2 2.14 took a truncated file for
+    # a valid one: the parser's own errors were lost.
+    monkeypatch.setattr(xml_pivot, "_CHILDREN_PER_BATCH", per_batch)
     data = xml_pivot.render(many_units(3))
     for end in range(1, len(data) - 1):
         cut = data[:end] if data[end - 1 : end] == b"\n" else data[:end] + b"\n"
@@ -440,7 +470,9 @@ def test_xml_file_cut_short_anywhere_is_refused() -> None:
             xml_pivot.validate(cut)
 
 
-def test_xml_text_between_units_is_refused() -> None:
+def test_xml_text_between_units_is_refused_wherever_the_parser_reads_it() -> None:
+    # The parser reads 32 KiB at a time and may stop inside a long run of text: all of it must
+    # still reach the schema, not only the part read with the unit before it.
     data = xml_pivot.render(many_units(400))
     ends = [i + len(b"</unite>") for i in range(len(data)) if data.startswith(b"</unite>", i)]
     for end in ends[150:200]:
