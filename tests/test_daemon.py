@@ -592,7 +592,7 @@ timeout_seconds = 3
     store = open_store(config.state_url)
     # A file waiting in the outbox, so that the SFTP delivery is attempted (and fails).
     cycle_time = datetime.now(UTC).replace(microsecond=0)
-    snapshot = store.add_snapshot(FINESS, cycle_time - timedelta(hours=1), {})
+    snapshot = store.add_snapshot_once(FINESS, cycle_time - timedelta(hours=1), {})
     outbox = tmp_path / "work" / "outbox" / "sesan"
     outbox.mkdir(parents=True)
     name = f"rorlits_{FINESS}_x.xml"

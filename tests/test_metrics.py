@@ -193,7 +193,7 @@ def test_state_metrics_are_read_from_the_store_at_scrape_time(
         conn.execute(insert(establishments_t).values(finess=GLOBAL, killswitch=True))
     store.source_unreachable(B, down=True)
     store.source_unreachable(B, down=True)
-    snap = store.add_snapshot(A, now, {"52/100": BedCounts(10, 1, 2)})
+    snap = store.add_snapshot_once(A, now, {"52/100": BedCounts(10, 1, 2)})
     store.add_file("sesan", "a1.xml", snap, A, now, 10, now)
     store.add_file("sesan", "a2.xml", snap, A, now, 10, now)
     store.add_file("sesan-test", "a1.xml", snap, A, now, 10, now)

@@ -93,7 +93,7 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
     store = open_store(url)
     store.sync_mapping("750712184", units(("A", "R1", "Réa", Mode.AUTO)), T0)
-    sid = store.add_snapshot("750712184", T0, {"R1": BedCounts(10, 1, 2)})
+    sid = store.add_snapshot_once("750712184", T0, {"R1": BedCounts(10, 1, 2)})
     store.add_file("d", "f.xml", sid, "750712184", T0, 100, T0)
     store.engine.dispose()
     again = open_store(url)
@@ -196,7 +196,9 @@ def test_batched_writes_and_the_light_read_agree_with_the_full_read(state_url: s
         }
         later = T0.replace(hour=14)
         for at, counts in ((later, (20, 1, 3)), (T0, (10, 0, 1))):
-            sid = store.add_snapshot(f, at, {"R1": BedCounts(*counts), "R2": BedCounts(*counts)})
+            sid = store.add_snapshot_once(
+                f, at, {"R1": BedCounts(*counts), "R2": BedCounts(*counts)}
+            )
             store.add_file("d", f"f{at:%H}.xml", sid, f, at, 100, at)
         newest_first = sorted(store.files("d", ("pending",)), key=lambda r: r.cycle_time)[::-1]
         assert [r.cycle_time for r in newest_first] == [later, T0]
@@ -216,7 +218,7 @@ def test_batched_writes_and_the_light_read_agree_with_the_full_read(state_url: s
 
 def _deliver(store: Store, finess: str, at: datetime, counts: dict[str, BedCounts]) -> int:
     """Stage one file of a snapshot of `counts`, record it delivered to production; its id."""
-    sid = store.add_snapshot(finess, at, counts)
+    sid = store.add_snapshot_once(finess, at, counts)
     store.add_file("d", f"{finess}-{at:%Y%m%d%H%M}.xml", sid, finess, at, 100, at)
     [row] = [r for r in store.files("d", ("pending",)) if r.snapshot_id == sid]
     store.mark_delivered(row, at, production=True)
@@ -334,9 +336,9 @@ def test_purge_forgets_old_done_files_and_their_snapshots_only(state_url: str) -
         _deliver(store, f, old, counts)  # delivered long ago, f's applied snapshot
         newest = _deliver(store, f, recent, {"R1": BedCounts(11, 0, 1)})  # then the newest
         g_applied = _deliver(store, g, older, counts)  # long ago, but still g's applied one
-        waiting = store.add_snapshot(f, T0.replace(day=3), counts)  # old but still waiting
+        waiting = store.add_snapshot_once(f, T0.replace(day=3), counts)  # old but still waiting
         store.add_file("d", "waiting.xml", waiting, f, T0.replace(day=3), 100, T0)
-        store.add_snapshot(f, T0.replace(day=4), counts)  # no file was ever staged
+        store.add_snapshot_once(f, T0.replace(day=4), counts)  # no file was ever staged
         assert store.newest_cycle_times("d", ("delivered",)) == {f: recent, g: older}
 
         assert store.purge_before(T0.replace(day=20)) == (3, 3)

@@ -872,20 +872,11 @@ class Store:
 
     # -- snapshots and the delivery ledger ------------------------------------------------
 
-    def add_snapshot(self, finess: str, cycle_time: datetime, counts: dict[str, BedCounts]) -> int:
-        payload = _snapshot_json(counts)
-        with self.tx() as conn:
-            result = conn.execute(
-                insert(snapshots_t).values(finess=finess, cycle_time=cycle_time, counts=payload)
-            )
-            key = result.inserted_primary_key
-            assert key is not None  # noqa: S101 - an insert always has one
-            return int(key[0])
-
     def add_snapshot_once(
         self, finess: str, cycle_time: datetime, counts: dict[str, BedCounts]
     ) -> int | None:
-        """`add_snapshot`, unless files of `finess` at `cycle_time` were written already.
+        """A new snapshot of `finess` at `cycle_time` (its id), unless files of that cycle
+        time were written already.
 
         A cycle time can run twice — a daemon killed mid-cycle catches the same fire time up
         when restarted, a clock set back repeats a time: a file name is written once, so the
