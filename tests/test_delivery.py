@@ -108,11 +108,11 @@ def test_cycle_forgets_ledger_rows_and_snapshots_past_the_retention(site: Site) 
     t = utc_now()
     long_ago = t - timedelta(days=31)  # archive_days defaults to 30
     counts = {"R1": BedCounts(1, 0, 1)}
-    old_snapshot = site.store.add_snapshot(FINESS, long_ago, counts)
+    old_snapshot = site.store.add_snapshot_once(FINESS, long_ago, counts)
     site.store.add_file(DESTINATION, "old.xml", old_snapshot, FINESS, long_ago, 10, long_ago)
     [row] = site.store.files(DESTINATION, ("pending",))
     site.store.set_file_status(row.id, "delivered", long_ago)
-    site.store.add_snapshot(FINESS, long_ago + timedelta(hours=1), counts)  # no file staged
+    site.store.add_snapshot_once(FINESS, long_ago + timedelta(hours=1), counts)  # no file staged
     assert "old.xml" in site.ledger()
     report = site.cycle(t)
     assert not report.failed
@@ -121,6 +121,34 @@ def test_cycle_forgets_ledger_rows_and_snapshots_past_the_retention(site: Site) 
         left = conn.execute(text("SELECT count(*) FROM snapshots")).scalar_one()
     assert left == 1  # this cycle's: it gives the units their last values sent
     assert {u.last_counts_at for u in site.store.units(FINESS)} == {t}
+
+
+def test_state_is_kept_as_long_as_a_file_may_wait_when_that_outlasts_the_archive(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    # A file may wait 3 days here: it must still be compared with every newer file of its
+    # establishment, so the ledger keeps 3 days although the archive keeps 1.
+    site = Site(
+        tmp_path,
+        sshd,
+        daemon="archive_days = 1\n",
+        extra="\n[rules]\nmax_file_age_minutes = 4320\n",
+    )
+    t = utc_now()
+    counts = {"R1": BedCounts(1, 0, 1)}
+    for days, name in ((2, "kept.xml"), (4, "forgotten.xml")):
+        at = t - timedelta(days=days)
+        snapshot = site.store.add_snapshot_once(FINESS, at, counts)
+        assert snapshot is not None
+        site.store.add_file(DESTINATION, name, snapshot, FINESS, at, 10, at)
+        [row] = site.store.files(DESTINATION, ("pending",))
+        site.store.set_file_status(row.id, "delivered", at)
+    assert not site.cycle(t).failed
+    assert site.ledger() == {
+        "kept.xml": ("delivered", 0),
+        **dict.fromkeys(names(t), ("delivered", 1)),
+    }
+    site.close()
 
 
 def test_rsa_client_key_with_a_passphrase_from_a_file_delivers(site: Site, sshd: Sshd) -> None:
