@@ -317,9 +317,12 @@ def _status_kb(field_name: str) -> int:
 PHASES: tuple[tuple[str, str, str], ...] = (
     ("cycle total (Cycle.run)", "rorfeed.cycle", "Cycle.run"),
     ("  mapping: parse_mapping", "rorfeed.cycle", "parse_mapping"),
-    ("  state: sync_mapping", "rorfeed.state", "Store.sync_mapping"),
+    (
+        "  state: sync_and_read",
+        "rorfeed.state",
+        "Store.sync_and_read",
+    ),
     ("  state: units() (all calls)", "rorfeed.state", "Store.units"),
-    ("  state: feed_states", "rorfeed.state", "Store.feed_states"),
     ("  source: SqlSource.fetch", "rorfeed.sources.sql", "SqlSource.fetch"),
     ("  rules: Cycle._judge", "rorfeed.cycle", "Cycle._judge"),
     ("  state: record_verdicts", "rorfeed.state", "Store.record_verdicts"),

@@ -168,6 +168,39 @@ def test_schema_1_store_is_migrated_without_losing_data(state_url: str) -> None:
         store.engine.dispose()
 
 
+def test_sync_and_read_gives_the_feed_states_a_later_read_gives(state_url: str) -> None:
+    """One read of the units table in a calm hour; after a change, the states as changed."""
+    store = open_store(state_url)
+    try:
+        f = "750712184"
+        hours = [
+            # first reading: every unit added
+            units(("A", "R1", "Réa", Mode.AUTO), ("B", "R2", "Med", Mode.AUTO)),
+            # calm: the same mapping (nothing written, the states come from the comparison)
+            units(("A", "R1", "Réa", Mode.AUTO), ("B", "R2", "Med", Mode.AUTO)),
+            # R2 re-declared manual, R1 gone, R3 new
+            units(("B", "R2", "Med", Mode.MANUAL), ("C", "R3", "Pal", Mode.AUTO)),
+            # calm again, with a unit out of the mapping still stored
+            units(("B", "R2", "Med", Mode.MANUAL), ("C", "R3", "Pal", Mode.AUTO)),
+        ]
+        seen = []
+        for hour, mapping in enumerate(hours):
+            if hour == 1:
+                store.record_verdicts(f, {"R2": ("count_missing",)}, {"R1": 12})
+            entries, states = store.sync_and_read(f, mapping, T0)
+            assert states == store.feed_states(f)
+            seen.append((len(entries), {r: s.sendable for r, s in states.items()}))
+        assert seen == [
+            (2, {"R1": True, "R2": True}),
+            (0, {"R1": True, "R2": True}),
+            (4, {"R1": False, "R2": False, "R3": True}),
+            (0, {"R1": False, "R2": False, "R3": True}),
+        ]
+        assert store.feed_states(f)["R2"].streak == 1
+    finally:
+        store.engine.dispose()
+
+
 def test_batched_writes_and_the_light_read_agree_with_the_full_read(state_url: str) -> None:
     """The cycle's batched statements (driver executemany) and its light read (feed_states)
     mean on each backend what the plain SQLAlchemy path means: same rows, same times."""

@@ -204,15 +204,17 @@ class Cycle:
             rep.status, rep.error = "mapping_error", str(exc)
             bound.error("mapping_invalid", error=str(exc))
             return rep
-        if not dry:
-            entries = self.store.sync_mapping(est.finess, mapping.units, self.clock())
+        if dry:
+            known = self.store.feed_states(est.finess)
+        else:
+            entries, known = self.store.sync_and_read(est.finess, mapping.units, self.clock())
             removed = {e.ror_id for e in entries if e.new == "removed"}
             if removed:
                 self.control.notify_removed(
                     [u for u in self.store.units(est.finess) if u.ror_id in removed],
                     "fiche retirée du mapping",
                 )
-        states = effective_states(mapping, self.store.feed_states(est.finess))
+        states = effective_states(mapping, known)
         sendable = [m for m in mapping.units if states[m.ror_id].sendable]
         rep.manual = len(mapping.units) - len(sendable)
         if stopped:
