@@ -208,6 +208,18 @@ def test_render_of_ordinary_text_is_the_plain_writers_bytes(fmt: str, snapshot: 
     assert RENDERERS[fmt](snapshot) == REFERENCES[fmt](snapshot)
 
 
+@pytest.mark.parametrize("per_lot", [1, 2, 3])
+@settings(max_examples=30, deadline=None)
+@given(snapshot=snapshots())
+def test_json_render_in_lots_gives_the_same_bytes_or_refuses_alike(
+    per_lot: int, snapshot: Snapshot
+) -> None:
+    # The default lot (1,000 units) is larger than any generated snapshot: small lots put
+    # lot boundaries, and a refused unit, anywhere in the file.
+    with patch.object(json_pivot, "_UNITS_PER_LOT", per_lot):
+        assert outcome(json_pivot.render, snapshot) == outcome(reference_json, snapshot)
+
+
 @pytest.mark.parametrize(
     ("name", "character"), [("C0", "\x01"), ("U+FFFE", "\ufffe"), ("surrogate", "\ud800")]
 )
