@@ -22,7 +22,7 @@ from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
@@ -208,16 +208,17 @@ def test_render_of_ordinary_text_is_the_plain_writers_bytes(fmt: str, snapshot: 
     assert RENDERERS[fmt](snapshot) == REFERENCES[fmt](snapshot)
 
 
+@pytest.mark.parametrize(("fmt", "lot"), [("json", "_UNITS_PER_LOT"), ("csv", "_LINES_PER_LOT")])
 @pytest.mark.parametrize("per_lot", [1, 2, 3])
 @settings(max_examples=30, deadline=None)
 @given(snapshot=snapshots())
-def test_json_render_in_lots_gives_the_same_bytes_or_refuses_alike(
-    per_lot: int, snapshot: Snapshot
+def test_render_in_lots_gives_the_same_bytes_or_refuses_alike(
+    fmt: str, lot: str, per_lot: int, snapshot: Snapshot
 ) -> None:
-    # The default lot (1,000 units) is larger than any generated snapshot: small lots put
-    # lot boundaries, and a refused unit, anywhere in the file.
-    with patch.object(json_pivot, "_UNITS_PER_LOT", per_lot):
-        assert outcome(json_pivot.render, snapshot) == outcome(reference_json, snapshot)
+    # The default lot (1,000 or 2,000 units) is larger than any generated snapshot: small lots
+    # put lot boundaries, and a refused unit, anywhere in the file.
+    with patch.object({"json": json_pivot, "csv": csv_pivot}[fmt], lot, per_lot):
+        assert outcome(RENDERERS[fmt], snapshot) == outcome(REFERENCES[fmt], snapshot)
 
 
 @pytest.mark.parametrize(
@@ -409,14 +410,14 @@ def is_the_decimal_version_case(document: Any) -> bool:
     return (
         isinstance(version, Decimal)
         and version == 1
-        and json_pivot._fast_accepts({**document, "version": 1})
+        and json_pivot.fast_accepts({**document, "version": 1})
     )
 
 
 @SETTINGS
 @given(documents())
 def test_fast_schema_check_is_never_more_lenient_than_jsonschema(document: Any) -> None:
-    fast = json_pivot._fast_accepts(document)
+    fast = json_pivot.fast_accepts(document)
     slow = jsonschema_accepts(document)
     if fast:
         assert slow, f"fastjsonschema accepted what jsonschema refuses: {document!r}"
@@ -430,7 +431,7 @@ def test_fast_schema_check_is_never_more_lenient_than_jsonschema(document: Any) 
 @given(valid_documents())
 def test_valid_documents_pass_the_fast_check(document: Any) -> None:
     # Without this, a fast check that refused everything would pass the test above.
-    assert json_pivot._fast_accepts(document)
+    assert json_pivot.fast_accepts(document)
     assert jsonschema_accepts(document)
 
 
@@ -460,14 +461,14 @@ def test_fast_and_slow_schema_checks_on_known_cases(
     document = json_loads(json_pivot.render(_small()))
     target = document["unites"][0] if field.startswith(("lits", "id")) else document
     target[field] = value
-    assert (json_pivot._fast_accepts(document), jsonschema_accepts(document)) == (fast, slow)
+    assert (json_pivot.fast_accepts(document), jsonschema_accepts(document)) == (fast, slow)
 
 
 def test_a_tuple_of_units_is_not_taken_for_an_array() -> None:
     # fastjsonschema alone would accept it; jsonschema does not, and decides.
     document = json_loads(json_pivot.render(_small()))
     document["unites"] = tuple(document["unites"])
-    assert not json_pivot._fast_accepts(document)
+    assert not json_pivot.fast_accepts(document)
     assert list(json_pivot.schema_errors(document)) == [
         (("unites",), f"{document['unites']!r} is not of type 'array'")
     ]
@@ -600,6 +601,69 @@ def test_streamed_xml_check_gives_the_verdict_of_the_whole_tree(
         assert schema_lines(plain[1]) <= schema_lines(streamed[1]), (plain, streamed)
     else:
         assert streamed == plain
+
+
+# --- the CSV check: a lot at a time, and on the whole file, agree --------------------------------
+
+
+@st.composite
+def damaged_csv(draw: st.DrawFn) -> bytes:
+    """A valid file with up to three lines deleted, repeated, swapped or edited, or one of
+    their fields replaced."""
+    lines = csv_pivot.render(draw(VALID_SNAPSHOTS)).decode().split("\n")[:-1]
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        action = draw(st.sampled_from(["delete", "repeat", "swap", "edit", "field", "field"]))
+        i, j = (draw(st.integers(min_value=0, max_value=len(lines) - 1)) for _ in range(2))
+        if action == "delete" and len(lines) > 1:
+            del lines[i]
+        elif action == "repeat":
+            lines.insert(j, lines[i])
+        elif action == "swap":
+            lines[i], lines[j] = lines[j], lines[i]
+        elif action == "edit":
+            at = draw(st.integers(min_value=0, max_value=len(lines[i])))
+            cut = draw(st.integers(min_value=0, max_value=3))
+            new = draw(st.sampled_from(["", ";", '"', "-", "x", "0", "9", " ", "1.5", "\t"]))
+            lines[i] = lines[i][:at] + new + lines[i][at + cut :]
+        elif action == "field":
+            fields = lines[i].split(";")
+            at = draw(st.integers(min_value=0, max_value=len(fields) - 1))
+            fields[at] = draw(st.sampled_from(CSV_FIELD_DAMAGE))
+            lines[i] = ";".join(fields)
+    return ("\n".join(lines) + "\n").encode()
+
+
+# What a broken writer might put in one field.
+CSV_FIELD_DAMAGE = [
+    "", "-1", "1.5", "07", " 7", "+7", "x", "\t", "1e3", "99999999999999999999",
+    "2026-11-23T14:05:00", "2026-13-01T00:00:00+01:00", "2026-11-23T14:05:00+01:00",
+    "7507121840", "2A1234567", '"quoted"', "a;b",
+]  # fmt: skip
+
+
+def csv_verdict(check: Any, text: str) -> str:
+    try:
+        check(text)
+    except PivotInvalid as err:
+        return str(err)
+    return "valid"
+
+
+@SETTINGS
+@given(data=damaged_csv(), per_lot=st.sampled_from([1, 2, 3, 2000]))
+def test_csv_check_by_lots_accepts_only_what_the_whole_file_check_accepts(
+    data: bytes, per_lot: int
+) -> None:
+    text = data.decode()
+    with patch.object(csv_pivot, "_LINES_PER_LOT", per_lot):
+        plainly_valid = csv_pivot._plainly_valid(data)
+        verdict = csv_verdict(csv_pivot.validate, text.encode())
+    whole = csv_verdict(csv_pivot._check_whole, text)
+    event(whole.split(":")[0] if whole == "valid" else whole.split("\n")[0][:60])
+    # The lots say "valid" exactly where the whole file is (so the undamaged files, at least,
+    # never pay for the whole-file check), and the report is always the whole-file check's.
+    assert plainly_valid == (whole == "valid"), (whole, per_lot)
+    assert verdict == whole
 
 
 # --- CSV: line numbers on the fast and the slow reading ------------------------------------------

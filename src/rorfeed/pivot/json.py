@@ -113,7 +113,7 @@ def schema_errors(document: object) -> Iterator[tuple[Path, str]]:
     is always jsonschema's: the fast check only says "valid" where jsonschema does too
     (tests/test_pivot_fast.py holds them together over generated documents).
     """
-    if _fast_accepts(document):
+    if fast_accepts(document):
         return
     errors = sorted(_validator().iter_errors(document), key=lambda e: _order(e.absolute_path))
     for error in errors:
@@ -128,7 +128,8 @@ def path_text(path: Path) -> str:
     return text or "(document)"
 
 
-def _fast_accepts(document: object) -> bool:
+def fast_accepts(document: object) -> bool:
+    """Whether the compiled check passes `document`: True only where jsonschema agrees."""
     # fastjsonschema takes a tuple for a JSON array where jsonschema does not. JSON cannot give
     # a tuple, but this function must never be the more lenient of the two: such a document
     # goes to jsonschema, which decides. `unites` is the schema's only array.
