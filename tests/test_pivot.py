@@ -572,7 +572,7 @@ def test_render_checked_refuses_what_a_broken_writer_produced(
     fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken = edited(fmt, rendered(fmt), "lits_fermes", -1, 0)
-    monkeypatch.setattr(WRITERS[fmt], "render", lambda snapshot: broken)
+    monkeypatch.setattr(WRITERS[fmt], "write", lambda prepared: broken)
     with pytest.raises(PivotInvalid, match="lits_fermes"):
         render_checked(small_snapshot(), fmt)
 

@@ -375,8 +375,9 @@ class Cycle:
         # One format at a time, rendered once for every destination that takes it, then let
         # go: at 100,000 units a file is 10 to 25 MB, and its checks hold a parsed copy.
         formats = dict.fromkeys(fmt for dest in destinations for fmt in dest.formats)
+        prepared = pivot.prepare(snapshot)
         for fmt in formats:
-            data = pivot.render_checked(snapshot, fmt)
+            data = pivot.render_checked(prepared, fmt)
             for dest in (d for d in destinations if fmt in d.formats):
                 name = file_name(
                     dest.file_name, snapshot.finess, cycle_time, pivot.WRITERS[fmt].extension

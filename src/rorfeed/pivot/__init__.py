@@ -11,6 +11,9 @@ from typing import Protocol
 
 from rorfeed.model import Snapshot
 from rorfeed.pivot import csv, json, xml
+from rorfeed.pivot._common import Prepared, prepare
+
+__all__ = ["WRITERS", "Prepared", "Writer", "prepare", "render_checked"]
 
 
 class Writer(Protocol):
@@ -27,6 +30,10 @@ class Writer(Protocol):
         """
         ...
 
+    def write(self, prepared: Prepared) -> bytes:
+        """`render`, from what `prepare` worked out once for every format."""
+        ...
+
     def validate(self, data: bytes) -> None:
         """Raise `PivotInvalid`, saying where and why, unless `data` is a valid file."""
         ...
@@ -39,12 +46,14 @@ WRITERS: dict[str, Writer] = {
 }
 
 
-def render_checked(snapshot: Snapshot, fmt: str) -> bytes:
+def render_checked(snapshot: Snapshot | Prepared, fmt: str) -> bytes:
     """Render `snapshot` in format `fmt` and prove the result valid; raises `PivotInvalid`.
 
+    A snapshot written in several formats is prepared once (`prepare`) and passed as such.
     An unknown `fmt` is a `KeyError`: configuration accepts only the keys of `WRITERS`.
     """
     writer = WRITERS[fmt]
-    data = writer.render(snapshot)
+    prepared = snapshot if isinstance(snapshot, Prepared) else prepare(snapshot)
+    data = writer.write(prepared)
     writer.validate(data)
     return data

@@ -44,6 +44,10 @@ _NEEDS_QUOTES = re.compile('[;"\r\n]')
 
 
 def render(snapshot: Snapshot) -> bytes:
+    return write(_common.prepare(snapshot))
+
+
+def write(prepared: _common.Prepared) -> bytes:
     """What csv.writer (QUOTE_MINIMAL, `;`, "\\n") writes for these rows, made faster.
 
     A line whose text needs no quoting and whose counts are plain ints is formatted directly;
@@ -54,19 +58,19 @@ def render(snapshot: Snapshot) -> bytes:
         buffer, delimiter=_DELIMITER, quoting=csv.QUOTE_MINIMAL, lineterminator="\n"
     )
     writer.writerow(_common.FIELDS)
-    name, finess = snapshot.establishment_name, snapshot.finess
-    horodatage = _common.horodatage(snapshot)
+    name, finess = prepared.snapshot.establishment_name, prepared.snapshot.finess
+    horodatage = prepared.horodatage
     shared_plain = not any(_NEEDS_QUOTES.search(text) for text in (name, finess, horodatage))
     lines = [buffer.getvalue()]
     # Encoded a lot of lines at a time: the file's text and its bytes are never whole at once.
     pieces: list[bytes] = []
-    for unit in snapshot.sorted_units():
+    for unit, date in zip(prepared.units, prepared.dates, strict=True):
         if len(lines) >= _LINES_PER_LOT:
             pieces.append(_common.encode("".join(lines), "csv"))
             lines.clear()
         counts = unit.counts
         # date_maj is written by isoformat: digits, "-", ":", "T" and a sign, never quoted.
-        date_maj = _common.date_maj(unit, snapshot) or ""
+        date_maj = date or ""
         if (
             shared_plain
             and _NEEDS_QUOTES.search(unit.ror_id) is None

@@ -36,6 +36,10 @@ _UNITS_PER_LOT: Final = 1000
 
 
 def render(snapshot: Snapshot) -> bytes:
+    return write(_common.prepare(snapshot))
+
+
+def write(prepared: _common.Prepared) -> bytes:
     """The bytes of `json.dumps(document, ensure_ascii=False, indent=2) + "\\n"`, made faster.
 
     With an indent, json.dumps walks every unit with its pure-Python encoder; here each value
@@ -44,22 +48,23 @@ def render(snapshot: Snapshot) -> bytes:
     and its encoding held four copies of a 17 MB file at once; now the encoded lots and the
     file are two. tests/test_pivot_fast.py holds the two byte for byte.
     """
+    snapshot = prepared.snapshot
     head = (
         "{\n"
         f'  "version": {_value(_common.FORMAT_VERSION)},\n'
-        f'  "horodatage": {_value(_common.horodatage(snapshot))},\n'
+        f'  "horodatage": {_value(prepared.horodatage)},\n'
         f'  "nom_etablissement": {_value(snapshot.establishment_name)},\n'
         f'  "finess_etablissement": {_value(snapshot.finess)},\n'
         '  "unites": '
     )
-    units = snapshot.sorted_units()
+    units, dates = prepared.units, prepared.dates
     if not units:
         # json.dumps writes an empty list as "[]"; such a file fails the schema (minItems).
         return _common.encode(head + "[]\n}\n", "json")
     pieces = [_common.encode(head + "[\n", "json")]
     for start in range(0, len(units), _UNITS_PER_LOT):
-        lot = units[start : start + _UNITS_PER_LOT]
-        text = ",\n".join(_unit(unit, _common.date_maj(unit, snapshot)) for unit in lot)
+        end = start + _UNITS_PER_LOT
+        text = ",\n".join(map(_unit, units[start:end], dates[start:end]))
         pieces.append(_common.encode(text if start == 0 else ",\n" + text, "json"))
     pieces.append(b"\n  ]\n}\n")
     return b"".join(pieces)

@@ -38,6 +38,10 @@ _schema_lock = threading.Lock()
 
 
 def render(snapshot: Snapshot) -> bytes:
+    return write(_common.prepare(snapshot))
+
+
+def write(prepared: _common.Prepared) -> bytes:
     """The bytes `etree.tostring(tree, xml_declaration=True, encoding="UTF-8",
     pretty_print=True)` gives for the tree of this snapshot, written without the tree.
 
@@ -48,7 +52,7 @@ def render(snapshot: Snapshot) -> bytes:
     tostring. The indentation pretty_print would add (two spaces a level, one element a line)
     is written as the whitespace it is.
     """
-    horodatage = _common.horodatage(snapshot)
+    snapshot, horodatage = prepared.snapshot, prepared.horodatage
     plain, dated = _unit_template(with_date_maj=False), _unit_template(with_date_maj=True)
     plain_fields, dated_fields = list(plain), list(dated)
     out = io.BytesIO()
@@ -62,9 +66,8 @@ def render(snapshot: Snapshot) -> bytes:
                 xf.write("\n  ", _leaf("nom_etablissement", snapshot.establishment_name))
                 where = "the establishment's finess"
                 xf.write("\n  ", _leaf("finess_etablissement", snapshot.finess))
-                for unit in snapshot.sorted_units():
+                for unit, date_maj in zip(prepared.units, prepared.dates, strict=True):
                     where = f"unit {unit.ror_id!r}"
-                    date_maj = _common.date_maj(unit, snapshot)
                     element, fields = (
                         (plain, plain_fields) if date_maj is None else (dated, dated_fields)
                     )
