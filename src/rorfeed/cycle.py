@@ -338,14 +338,16 @@ class Cycle:
     ) -> dict[str, Verdict]:
         options = rule_options(self.config)
         now = self.clock()
+        # Looked up once, not once per unit (the zone is built from its name at each lookup).
+        zone, file_mtime = self.config.zone, extraction.file_mtime
         return {
             u.ror_id: check_unit(
                 rows.get(u.local_code, []),
                 u.ror_id,
                 now=now,
-                zone=self.config.zone,
+                zone=zone,
                 options=options,
-                file_mtime=extraction.file_mtime,
+                file_mtime=file_mtime,
                 previous_installed=states[u.ror_id].last_accepted_installed,
             )
             for u in units
