@@ -75,9 +75,11 @@ def parse_mapping(path: Path) -> Mapping:
     units: list[MappedUnit] = []
     local_seen: dict[str, int] = {}
     ror_seen: dict[str, int] = {}
+    # Looked up once: an enum's value is a descriptor call, three per line of a large mapping.
+    modes, auto = {mode.value: mode for mode in (Mode.AUTO, Mode.MANUAL)}, Mode.AUTO.value
     for row in reader:
         line = reader.line_num
-        if not any(cell.strip() for cell in row):
+        if not "".join(row).strip():  # a blank line, or only empty fields
             continue
         if len(row) != len(header):
             problems.append(f"{path}:{line}: {len(row)} fields, expected {len(header)}")
@@ -85,11 +87,11 @@ def parse_mapping(path: Path) -> Mapping:
 
         local_code, ror_id = row[at_local].strip(), row[at_ror].strip()
         label = row[at_label].strip()
-        mode_text = (row[at_mode].strip().lower() if at_mode is not None else "") or Mode.AUTO.value
-        if mode_text not in (Mode.AUTO.value, Mode.MANUAL.value):
+        mode_text = (row[at_mode].strip().lower() if at_mode is not None else "") or auto
+        mode = modes.get(mode_text)
+        if mode is None:
             problems.append(f'{path}:{line}: mode "{shown(mode_text)}" — expected auto or manual')
             continue
-        mode = Mode(mode_text)
         if not ror_id:
             problems.append(f"{path}:{line}: empty ror_id")
             continue
