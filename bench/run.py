@@ -147,7 +147,7 @@ def wait_for_new_second(after: float) -> None:
 
 
 def fill_beds(pg: Any, db: str, n: int) -> str:
-    url = pg.create_db(db)
+    url: str = pg.create_db(db)
     pg.execute(
         db,
         "CREATE TABLE lits (code_uf text PRIMARY KEY, nb_inst integer NOT NULL,"

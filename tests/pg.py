@@ -67,7 +67,7 @@ class PgServer:
             connect_timeout=10,
         )
 
-    def execute(self, dbname: str, *statements: str | sql.Composable) -> None:
+    def execute(self, dbname: str, *statements: str | sql.SQL | sql.Composed) -> None:
         with self.connect(dbname) as conn:
             for statement in statements:
                 conn.execute(statement)

@@ -25,7 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
 from rorfeed import logging as rlog
@@ -203,7 +203,8 @@ def test_a_schedule_apscheduler_would_refuse_is_a_config_error_at_load(tmp_path:
 
 
 def _fires(trigger: Any, start: datetime, end: datetime) -> list[datetime]:
-    out, prev, now = [], None, start
+    out: list[datetime] = []
+    prev, now = None, start
     while True:
         fire = trigger.get_next_fire_time(prev, now)
         if fire > end:
@@ -593,6 +594,7 @@ timeout_seconds = 3
     # A file waiting in the outbox, so that the SFTP delivery is attempted (and fails).
     cycle_time = datetime.now(UTC).replace(microsecond=0)
     snapshot = store.add_snapshot_once(FINESS, cycle_time - timedelta(hours=1), {})
+    assert snapshot is not None
     outbox = tmp_path / "work" / "outbox" / "sesan"
     outbox.mkdir(parents=True)
     name = f"rorlits_{FINESS}_x.xml"

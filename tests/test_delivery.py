@@ -38,7 +38,6 @@ from rorfeed.transports import open_transport
 from tests.faults.net import Relay
 from tests.faults.site import (
     DESTINATION,
-    FINESS,
     Site,
     cycle_time_of,
     known_hosts_for,
@@ -46,6 +45,7 @@ from tests.faults.site import (
     utc_now,
     wait_for_next_second,
 )
+from tests.sites import FINESS
 from tests.sshd import Sshd
 
 pytestmark = pytest.mark.sshd
@@ -109,6 +109,7 @@ def test_cycle_forgets_ledger_rows_and_snapshots_past_the_retention(site: Site) 
     long_ago = t - timedelta(days=31)  # archive_days defaults to 30
     counts = {"R1": BedCounts(1, 0, 1)}
     old_snapshot = site.store.add_snapshot_once(FINESS, long_ago, counts)
+    assert old_snapshot is not None
     site.store.add_file(DESTINATION, "old.xml", old_snapshot, FINESS, long_ago, 10, long_ago)
     [row] = site.store.files(DESTINATION, ("pending",))
     site.store.set_file_status(row.id, "delivered", long_ago)

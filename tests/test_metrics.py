@@ -194,6 +194,7 @@ def test_state_metrics_are_read_from_the_store_at_scrape_time(
     store.source_unreachable(B, down=True)
     store.source_unreachable(B, down=True)
     snap = store.add_snapshot_once(A, now, {"52/100": BedCounts(10, 1, 2)})
+    assert snap is not None
     store.add_file("sesan", "a1.xml", snap, A, now, 10, now)
     store.add_file("sesan", "a2.xml", snap, A, now, 10, now)
     store.add_file("sesan-test", "a1.xml", snap, A, now, 10, now)
@@ -308,7 +309,7 @@ def test_readme_documents_every_exposed_metric_and_nothing_else(metrics: Metrics
 
 
 def _exposed_series_names(metrics: Metrics) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for family in metrics.registry.collect():
         names.update(s.name for s in family.samples)
     return names

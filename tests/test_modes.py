@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from rorfeed.config import load
 from rorfeed.cycle import Cycle, CycleReport
 from rorfeed.model import Mode
 from rorfeed.state import open_store
+from tests.sites import write_export
 from tests.smtp import SmtpServer, free_port
-from tests.test_cycle import CONFIG, MAPPING, write_export
+from tests.test_cycle import CONFIG, MAPPING
 
 T0 = datetime.now(UTC).replace(microsecond=0, second=0) - timedelta(hours=12)
 GOOD = [
@@ -37,7 +39,7 @@ def site(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def cycle(site: Path, hour: int, rows: list[tuple[str, ...]] | None = GOOD) -> CycleReport:
+def cycle(site: Path, hour: int, rows: Sequence[Sequence[str]] | None = GOOD) -> CycleReport:
     """One cycle at T0 + `hour` hours, the export (if any) written 5 minutes before."""
     at = T0 + timedelta(hours=hour)
     if rows is None:

@@ -15,9 +15,10 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
@@ -321,7 +322,7 @@ UNIT_KEYS = ["id_fiche_ror", "lits_installes", "lits_fermes", "lits_disponibles"
 
 
 # Near misses of a valid value: what a writer's bug would most likely produce.
-STRING_CHANGES = {
+STRING_CHANGES: dict[str, Callable[[str], object]] = {
     "final newline": lambda v: v + "\n",
     "leading newline": lambda v: "\n" + v,
     "NUL": lambda v: v + "\x00",
@@ -334,7 +335,7 @@ STRING_CHANGES = {
     "Z for the offset": lambda v: v[:-6] + "Z",
     "as a number": lambda v: int(v) if v.isdigit() else 0,
 }
-NUMBER_CHANGES = {
+NUMBER_CHANGES: dict[str, Callable[[int], object]] = {
     "negative": lambda v: -1 - v,
     "float": float,
     "Decimal (a JSON float)": Decimal,
@@ -515,7 +516,8 @@ def reference_xml_validate(data: bytes) -> None:
         raise PivotInvalid(f"xml pivot file is not well-formed XML: {err}") from err
     schema = xml_pivot._schema()
     valid = schema.validate(root)
-    problems = [f"line {entry.line}: {entry.message}" for entry in schema.error_log]
+    entries = cast("Iterable[Any]", schema.error_log)  # lxml-stubs: not declared iterable
+    problems = [f"line {entry.line}: {entry.message}" for entry in entries]
     if not valid:
         raise PivotInvalid(_common.schema_report("xml", problems))
     _common.check_unit_order((e.text or "" for e in root.iter("id_fiche_ror")), "xml")
@@ -641,9 +643,9 @@ CSV_FIELD_DAMAGE = [
 ]  # fmt: skip
 
 
-def csv_verdict(check: Any, text: str) -> str:
+def csv_verdict(check: Any, data: str | bytes) -> str:
     try:
-        check(text)
+        check(data)
     except PivotInvalid as err:
         return str(err)
     return "valid"

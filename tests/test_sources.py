@@ -29,7 +29,9 @@ from tests.pg import PgServer, free_port
 QUERY = "SELECT unit, installed, closed, available FROM beds ORDER BY unit"
 
 
-def sql_source(url: str, query: str = QUERY, timeout: float = 10, password: str | None = None):
+def sql_source(
+    url: str, query: str = QUERY, timeout: float = 10, password: str | None = None
+) -> SqlSource:
     return SqlSource(
         SqlSourceSection(kind="sql", url=url, query=query, timeout_seconds=timeout), password
     )

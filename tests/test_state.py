@@ -94,6 +94,7 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     store = open_store(url)
     store.sync_mapping("750712184", units(("A", "R1", "Réa", Mode.AUTO)), T0)
     sid = store.add_snapshot_once("750712184", T0, {"R1": BedCounts(10, 1, 2)})
+    assert sid is not None
     store.add_file("d", "f.xml", sid, "750712184", T0, 100, T0)
     store.engine.dispose()
     again = open_store(url)
@@ -232,6 +233,7 @@ def test_batched_writes_and_the_light_read_agree_with_the_full_read(state_url: s
             sid = store.add_snapshot_once(
                 f, at, {"R1": BedCounts(*counts), "R2": BedCounts(*counts)}
             )
+            assert sid is not None
             store.add_file("d", f"f{at:%H}.xml", sid, f, at, 100, at)
         newest_first = sorted(store.files("d", ("pending",)), key=lambda r: r.cycle_time)[::-1]
         assert [r.cycle_time for r in newest_first] == [later, T0]
@@ -252,6 +254,7 @@ def test_batched_writes_and_the_light_read_agree_with_the_full_read(state_url: s
 def _deliver(store: Store, finess: str, at: datetime, counts: dict[str, BedCounts]) -> int:
     """Stage one file of a snapshot of `counts`, record it delivered to production; its id."""
     sid = store.add_snapshot_once(finess, at, counts)
+    assert sid is not None
     store.add_file("d", f"{finess}-{at:%Y%m%d%H%M}.xml", sid, finess, at, 100, at)
     [row] = [r for r in store.files("d", ("pending",)) if r.snapshot_id == sid]
     store.mark_delivered(row, at, production=True)
@@ -370,6 +373,7 @@ def test_purge_forgets_old_done_files_and_their_snapshots_only(state_url: str) -
         newest = _deliver(store, f, recent, {"R1": BedCounts(11, 0, 1)})  # then the newest
         g_applied = _deliver(store, g, older, counts)  # long ago, but still g's applied one
         waiting = store.add_snapshot_once(f, T0.replace(day=3), counts)  # old but still waiting
+        assert waiting is not None
         store.add_file("d", "waiting.xml", waiting, f, T0.replace(day=3), 100, T0)
         store.add_snapshot_once(f, T0.replace(day=4), counts)  # no file was ever staged
         assert store.newest_cycle_times("d", ("delivered",)) == {f: recent, g: older}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.cookiejar import CookieJar
 from pathlib import Path
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
@@ -40,8 +41,9 @@ from rorfeed.state import GLOBAL, Store, open_store
 from rorfeed.web.accounts_cli import users
 from rorfeed.web.app import create_app, make_server
 from rorfeed.web.auth import AccountError, Accounts, Role
+from tests.sites import write_export
 from tests.smtp import SmtpServer, _self_signed, free_port
-from tests.test_cycle import CONFIG, MAPPING, write_export
+from tests.test_cycle import CONFIG, MAPPING
 from tests.test_modes import BAD_CHIR, GOOD, NOTIFY, T0, cycle
 
 # Cheap Argon2id parameters: the tests log in often; production uses the library's defaults.
@@ -357,7 +359,12 @@ def test_lead_switches_units_after_a_confirmation_with_a_mandatory_reason(site: 
         client, "/unites/basculer", mode="manual", unite=["52/200", "52/100"], etape="appliquer"
     )
     assert no_reason.status_code == 400 and "motif est obligatoire" in no_reason.text
-    blank = {"mode": "manual", "unite": ["52/200"], "etape": "appliquer", "motif": "   "}
+    blank: dict[str, Any] = {
+        "mode": "manual",
+        "unite": ["52/200"],
+        "etape": "appliquer",
+        "motif": "   ",
+    }
     assert post(client, "/unites/basculer", **blank).status_code == 400
     assert site.modes()["52/200"] is Mode.AUTO
 

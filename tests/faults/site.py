@@ -24,7 +24,6 @@ from rorfeed.state import Store, files_t, open_store
 from tests.sites import CSV_SOURCE, FINESS, site_toml, write_export, write_mapping
 from tests.sshd import Sshd
 
-# FINESS (from tests.sites) is also imported from here, by the fault suite and test_delivery.py.
 DESTINATION = "operator"
 EXTENSIONS = ("csv", "json", "xml")  # the order files are sent in (by name)
 

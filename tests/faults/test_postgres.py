@@ -31,7 +31,8 @@ from tests.faults.harness import (
     wait_for,
 )
 from tests.faults.net import Relay
-from tests.faults.site import DESTINATION, FINESS, Site, known_hosts_for, utc_now
+from tests.faults.site import DESTINATION, Site, known_hosts_for, utc_now
+from tests.sites import FINESS
 from tests.sshd import Sshd
 
 pytestmark = [pytest.mark.sshd, pytest.mark.postgres]
