@@ -413,6 +413,16 @@ def cycles_child(config_path: Path) -> int:
     store = open_store(config.state_url)
     out: TextIO = sys.stdout
     last = 0.0
+    # What the daemon does before its first cycle and after each (rorfeed.heap), when this
+    # version of rorfeed has it.
+    try:
+        from rorfeed.heap import settle
+    except ImportError:
+
+        def settle() -> None:
+            gc.collect()
+
+    settle()
     out.write(json.dumps({"ready": True, "extra_imports": extra}) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -424,6 +434,7 @@ def cycles_child(config_path: Path) -> int:
             report = Cycle(config, store).run(now)
             seconds = time.perf_counter() - started
             last = time.time()
+            settle()
             delivered = sum(len(d.delivered) for d in report.deliveries)
             answer = {
                 "seconds": seconds,
@@ -442,6 +453,7 @@ def cycles_child(config_path: Path) -> int:
             now = utc_now().replace(microsecond=0)
             report = Cycle(config, store).run(now)
             last = time.time()
+            settle()
             answer = {
                 "phases": [
                     [label, *_phase_totals[label]] for label, *_ in PHASES if label in _phase_totals

@@ -8,6 +8,7 @@ of them waits for the next minute boundary of a `* * * * *` schedule (at most ~6
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -360,6 +361,18 @@ def test_every_line_of_a_cycle_carries_its_cycle_id(
     assert len(ids) == 1 and None not in ids
     assert str(next(iter(ids))).startswith(cycle_time.strftime("%Y%m%dT%H%M%SZ"))
     assert len(list((site.parent / "depot").iterdir())) == 1
+
+
+def test_after_a_cycle_the_survivors_are_frozen_out_of_the_collectors_walks(site: Path) -> None:
+    daemon = daemon_for(site)
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        daemon._run_cycle(datetime.now(UTC).replace(microsecond=0))
+        # The libraries, the configuration, the store: tens of thousands of objects.
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()  # this test process's own collector, as it was
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 # In a child process: the test's own heap would blur the figures.
 CHILD = """
 import os
-from rorfeed.daemon import release_memory
+from rorfeed.heap import release
 
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -23,12 +23,39 @@ for i in range(1_600):
 before = rss_mb()
 del blocks
 freed = rss_mb()
-release_memory()
+release()
 print(before, freed, rss_mb())
 """
 
 
-def test_release_memory_returns_freed_heap_pages_to_the_system() -> None:
+SETTLE = """
+import gc, weakref
+from rorfeed import heap
+
+class Node:
+    pass
+
+a, b = Node(), Node()
+a.other, b.other = b, a  # a reference cycle: only the collector frees it
+watch = weakref.ref(a)
+heap.settle()  # a and b alive: frozen with everything else
+frozen = gc.get_freeze_count()
+del a, b
+gc.collect()  # a plain collection leaves frozen objects alone
+waited = watch() is not None
+heap.settle()  # unfreezes, collects, freezes again
+print(frozen > 1000, waited, watch() is None, gc.get_freeze_count() > 1000)
+"""
+
+
+def test_settle_collects_the_garbage_among_frozen_objects_and_freezes_the_rest() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SETTLE], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.split() == ["True", "True", "True", "True"]
+
+
+def test_release_returns_freed_heap_pages_to_the_system() -> None:
     out = subprocess.run(
         [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60, check=True
     ).stdout

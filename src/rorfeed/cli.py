@@ -247,6 +247,7 @@ def _open_store(config: Config, *, read_only_if_missing: bool = False) -> Store:
 
 
 def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
+    from rorfeed import heap
     from rorfeed.cycle import Cycle, utc_now
 
     now = utc_now().replace(microsecond=0)
@@ -267,6 +268,7 @@ def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
         # runs, and its files, older than those delivered, are superseded.)
         time.sleep(1.0)
         now = utc_now().replace(microsecond=0)
+    heap.freeze()  # see rorfeed.heap: the libraries stay out of the collector's walks
     report = Cycle(config, store).run(now, dry_run_dir=dry_dir)
     print(format_summary(report), file=sys.stderr)
     if dry_dir is not None:
