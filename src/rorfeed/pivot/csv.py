@@ -32,7 +32,7 @@ _ID, _INSTALLED, _CLOSED, _AVAILABLE, _DATE_MAJ = (
 )
 _ESTABLISHMENT_COLUMNS = tuple(_common.FIELDS.index(field) for field in _ESTABLISHMENT_FIELDS)
 _establishment = operator.itemgetter(*_ESTABLISHMENT_COLUMNS)
-# Unit lines checked at once by `validate`, and rendered and encoded at once by `render`.
+# Unit lines checked at once by `validate`, and written and encoded at once by `write`.
 _LINES_PER_LOT: Final = 2000
 # Only the canonical spelling becomes an integer; " 7", "+7" or "07" stay text and fail the
 # schema, since a consumer's parser may not read them as we do.

@@ -30,7 +30,7 @@ Path = tuple[str | int, ...]
 # containers are laid out differently.
 _value: Callable[[object], str] = json.JSONEncoder(ensure_ascii=False).encode
 
-# Units rendered and encoded at once by `render`: few enough to keep the lot's text small,
+# Units written and encoded at once by `write`: few enough to keep the lot's text small,
 # enough that the calls per lot do not show.
 _UNITS_PER_LOT: Final = 1000
 

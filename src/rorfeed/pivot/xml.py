@@ -1,7 +1,7 @@
 """The XML pivot file, checked against the shipped XSD.
 
 Both directions stream, so that a file of 100,000 units never exists as a whole tree (about
-600,000 elements, some 200 MB of lxml nodes): `render` writes unit by unit with lxml's
+600,000 elements, some 200 MB of lxml nodes): `write` writes unit by unit with lxml's
 `xmlfile`; `validate` parses with `iterparse` and hands the schema a few thousand units at a
 time.
 """
