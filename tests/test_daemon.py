@@ -8,6 +8,7 @@ of them waits for the next minute boundary of a `* * * * *` schedule (at most ~6
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -764,6 +765,43 @@ def test_serve_subprocess_delivers_on_schedule_serves_metrics_reloads_and_stops(
     finally:
         serve_.kill()
     assert all(line.startswith("{") for line in serve_.raw)  # one JSON object per line
+
+
+def _thread_kill(pid: int, tid: int, sig: signal.Signals) -> None:
+    """Send `sig` to one thread of another process, as the kernel may choose to (tgkill)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.tgkill(pid, tid, int(sig)) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {sig.name})")
+
+
+def test_serve_subprocess_answers_a_signal_that_another_thread_took_at_once(
+    tmp_path: Path,
+) -> None:
+    # The kernel hands a process-directed signal to any thread that does not block it. Python
+    # runs the handler in the main thread only: without a wake-up fd, the main thread slept
+    # on in select() until its 60 s timeout (a SIGTERM from systemd answered a minute late).
+    path = make_site(tmp_path)
+    serve_ = Serve(path)
+    try:
+        serve_.wait_event("ready", 20)
+        pid = serve_.proc.pid
+        others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        assert others, "the daemon has no thread but the main one"
+        good = path.read_text()
+        path.write_text(good.replace('finess = "750712184"', 'finess = "750712185"'))
+
+        def rejections() -> int:
+            return sum(e["event"] == "config_reload_rejected" for e in serve_.lines)
+
+        for count, tid in enumerate(others, start=1):
+            _thread_kill(pid, tid, signal.SIGHUP)
+            wait_until(lambda: rejections() >= count, 10, f"the reload asked through {tid}")  # noqa: B023
+        started = time.monotonic()
+        _thread_kill(pid, others[-1], signal.SIGTERM)
+        assert serve_.proc.wait(10) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        serve_.kill()
 
 
 def test_serve_subprocess_catches_up_once_at_start_and_stops_on_sigint(tmp_path: Path) -> None:

@@ -389,9 +389,18 @@ class Daemon:
         wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         previous: dict[signal.Signals, Any] = {}
+        previous_wakeup_fd = -1
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 previous[sig] = signal.signal(sig, self._on_signal)
+            # The kernel gives a signal to any thread of the process, and Python runs its
+            # handler in the main thread only, once that thread runs again. A SIGTERM taken by
+            # the scheduler's or the cycle's thread left the main thread asleep in select()
+            # until its 60 s timeout. With the wake-up fd, the interpreter's C-level handler
+            # writes to the wake-up socket from whichever thread took the signal.
+            previous_wakeup_fd = signal.set_wakeup_fd(
+                self._wake_w.fileno(), warn_on_full_buffer=False
+            )
         try:
             try:
                 self._start()
@@ -408,6 +417,8 @@ class Daemon:
                     self.reload()
             return self._stop()
         finally:
+            if install_signals:
+                signal.set_wakeup_fd(previous_wakeup_fd)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             wake_w, self._wake_w = self._wake_w, None
