@@ -15,7 +15,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, cast
@@ -541,27 +541,50 @@ XML_SNIPPETS = [
 ]
 
 
-@st.composite
-def damaged_xml(draw: st.DrawFn) -> bytes:
-    """A valid file with one to three lines deleted, repeated, swapped, inserted or edited."""
-    lines = xml_pivot.render(draw(VALID_SNAPSHOTS)).decode().split("\n")[:-1]
-    for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        action = draw(st.sampled_from(["delete", "repeat", "swap", "insert", "edit"]))
+def damaged(
+    draw: st.DrawFn,
+    lines: list[str],
+    *,
+    at_least: int,
+    keep: int,
+    edits: Sequence[str],
+    more: Sequence[tuple[str, Callable[[int], None]]] = (),
+) -> bytes:
+    """`lines` (a valid file's, without their ends) after `at_least` to three damages: a line
+    deleted (while more than `keep` are left), repeated, swapped, edited (one of `edits` put in
+    at some place, up to three characters cut there) or any of `more` (by name: a name given
+    twice is drawn twice as often), then joined back into a file."""
+    extra = dict(more)
+    names = ["delete", "repeat", "swap", "edit", *(name for name, _ in more)]
+    for _ in range(draw(st.integers(min_value=at_least, max_value=3))):
+        action = draw(st.sampled_from(names))
         i, j = (draw(st.integers(min_value=0, max_value=len(lines) - 1)) for _ in range(2))
-        if action == "delete" and len(lines) > 2:
+        if action == "delete" and len(lines) > keep:
             del lines[i]
         elif action == "repeat":
             lines.insert(j, lines[i])
         elif action == "swap":
             lines[i], lines[j] = lines[j], lines[i]
-        elif action == "insert":
-            lines.insert(i, draw(st.sampled_from(XML_SNIPPETS)))
         elif action == "edit":
             at = draw(st.integers(min_value=0, max_value=len(lines[i])))
             cut = draw(st.integers(min_value=0, max_value=3))
-            new = draw(st.sampled_from(["", "-", "x", "9", "<", ">", "</a>", " "]))
+            new = draw(st.sampled_from(edits))
             lines[i] = lines[i][:at] + new + lines[i][at + cut :]
+        elif action in extra:
+            extra[action](i)
     return ("\n".join(lines) + "\n").encode()
+
+
+@st.composite
+def damaged_xml(draw: st.DrawFn) -> bytes:
+    """A valid file with one to three lines deleted, repeated, swapped, inserted or edited."""
+    lines = xml_pivot.render(draw(VALID_SNAPSHOTS)).decode().split("\n")[:-1]
+
+    def insert(i: int) -> None:
+        lines.insert(i, draw(st.sampled_from(XML_SNIPPETS)))
+
+    edits = ["", "-", "x", "9", "<", ">", "</a>", " "]
+    return damaged(draw, lines, at_least=1, keep=2, edits=edits, more=[("insert", insert)])
 
 
 def xml_verdict(validate: Any, data: bytes) -> tuple[str, str]:
@@ -613,26 +636,16 @@ def damaged_csv(draw: st.DrawFn) -> bytes:
     """A valid file with up to three lines deleted, repeated, swapped or edited, or one of
     their fields replaced."""
     lines = csv_pivot.render(draw(VALID_SNAPSHOTS)).decode().split("\n")[:-1]
-    for _ in range(draw(st.integers(min_value=0, max_value=3))):
-        action = draw(st.sampled_from(["delete", "repeat", "swap", "edit", "field", "field"]))
-        i, j = (draw(st.integers(min_value=0, max_value=len(lines) - 1)) for _ in range(2))
-        if action == "delete" and len(lines) > 1:
-            del lines[i]
-        elif action == "repeat":
-            lines.insert(j, lines[i])
-        elif action == "swap":
-            lines[i], lines[j] = lines[j], lines[i]
-        elif action == "edit":
-            at = draw(st.integers(min_value=0, max_value=len(lines[i])))
-            cut = draw(st.integers(min_value=0, max_value=3))
-            new = draw(st.sampled_from(["", ";", '"', "-", "x", "0", "9", " ", "1.5", "\t"]))
-            lines[i] = lines[i][:at] + new + lines[i][at + cut :]
-        elif action == "field":
-            fields = lines[i].split(";")
-            at = draw(st.integers(min_value=0, max_value=len(fields) - 1))
-            fields[at] = draw(st.sampled_from(CSV_FIELD_DAMAGE))
-            lines[i] = ";".join(fields)
-    return ("\n".join(lines) + "\n").encode()
+
+    def field(i: int) -> None:
+        fields = lines[i].split(";")
+        at = draw(st.integers(min_value=0, max_value=len(fields) - 1))
+        fields[at] = draw(st.sampled_from(CSV_FIELD_DAMAGE))
+        lines[i] = ";".join(fields)
+
+    edits = ["", ";", '"', "-", "x", "0", "9", " ", "1.5", "\t"]
+    more = [("field", field), ("field", field)]
+    return damaged(draw, lines, at_least=0, keep=1, edits=edits, more=more)
 
 
 # What a broken writer might put in one field.

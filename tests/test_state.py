@@ -23,6 +23,17 @@ def units(*items: tuple[str, str, str, Mode]) -> tuple[MappedUnit, ...]:
     )
 
 
+def map_three(store: Store, finess: str, third: Mode = Mode.AUTO) -> None:
+    """R1 and R2 automated, R3 declared `third`: the mapping several tests start from."""
+    store.sync_mapping(
+        finess,
+        units(
+            ("A", "R1", "Réa", Mode.AUTO), ("B", "R2", "Med", Mode.AUTO), ("C", "R3", "Pal", third)
+        ),
+        T0,
+    )
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty state store's URL on each backend (one database per test)."""
@@ -209,15 +220,7 @@ def test_batched_writes_and_the_light_read_agree_with_the_full_read(state_url: s
     store = open_store(url)
     try:
         f = "750712184"
-        store.sync_mapping(
-            f,
-            units(
-                ("A", "R1", "Réa", Mode.AUTO),
-                ("B", "R2", "Med", Mode.AUTO),
-                ("C", "R3", "Pal", Mode.MANUAL),
-            ),
-            T0,
-        )
+        map_three(store, f, Mode.MANUAL)
         store.record_verdicts(f, {"R2": ("count_missing", "unit_missing")}, {"R1": 12})
         feed = store.feed_states(f)
         assert {
@@ -274,15 +277,7 @@ def test_last_values_sent_follow_the_newest_delivery_of_each_unit(state_url: str
     store = open_store(url)
     try:
         f = "750712184"
-        store.sync_mapping(
-            f,
-            units(
-                ("A", "R1", "Réa", Mode.AUTO),
-                ("B", "R2", "Med", Mode.AUTO),
-                ("C", "R3", "Pal", Mode.AUTO),
-            ),
-            T0,
-        )
+        map_three(store, f)
         t1, t2, t3 = (T0.replace(hour=h) for h in (14, 15, 16))
         _deliver(store, f, t1, {"R1": BedCounts(10, 0, 1), "R2": BedCounts(20, 0, 2)})
         assert _last(store, f) == {
