@@ -317,7 +317,7 @@ def _status_kb(field_name: str) -> int:
 PHASES: tuple[tuple[str, str, str], ...] = (
     ("cycle total (Cycle.run)", "rorfeed.cycle", "Cycle.run"),
     ("  mapping: parse_mapping", "rorfeed.cycle", "parse_mapping"),
-    ("  state: sync_and_read", "rorfeed.state", "Store.sync_and_read"),
+    ("  state: sync_mapping (and feed states)", "rorfeed.state", "Store.sync_mapping"),
     ("  state: units() (all calls)", "rorfeed.state", "Store.units"),
     ("  source: SqlSource.fetch", "rorfeed.sources.sql", "SqlSource.fetch"),
     ("  rules: Cycle._judge", "rorfeed.cycle", "Cycle._judge"),

@@ -46,7 +46,7 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def test_first_reading_adds_every_unit_with_its_declared_mode(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
-    entries = store.sync_mapping(
+    entries, _ = store.sync_mapping(
         "750712184", units(("A", "R1", "Réa", Mode.AUTO), ("", "R2", "Palliatifs", Mode.MANUAL)), T0
     )
     assert [(e.actor, e.action, e.ror_id, e.new) for e in entries] == [
@@ -62,7 +62,7 @@ def test_first_reading_adds_every_unit_with_its_declared_mode(tmp_path: Path) ->
             "750712184",
             units(("A", "R1", "Réa", Mode.AUTO), ("", "R2", "Palliatifs", Mode.MANUAL)),
             T0,
-        )
+        )[0]
         == []
     )
 
@@ -72,7 +72,7 @@ def test_mapping_changes_are_audited_and_redeclared_manual_switches(tmp_path: Pa
     store.sync_mapping(
         "750712184", units(("A", "R1", "Réa", Mode.AUTO), ("B", "R2", "Med", Mode.AUTO)), T0
     )
-    entries = store.sync_mapping("750712184", units(("A2", "R1", "Réa", Mode.MANUAL)), T0)
+    entries, _ = store.sync_mapping("750712184", units(("A2", "R1", "Réa", Mode.MANUAL)), T0)
     assert [(e.action, e.ror_id, e.previous, e.new) for e in entries] == [
         ("mapping", "R1", "A (Réa)", "A2 (Réa)"),
         ("mapping", "R1", "declared auto", "declared manual"),
@@ -180,7 +180,7 @@ def test_schema_1_store_is_migrated_without_losing_data(state_url: str) -> None:
         store.engine.dispose()
 
 
-def test_sync_and_read_gives_the_feed_states_a_later_read_gives(state_url: str) -> None:
+def test_sync_mapping_gives_the_feed_states_a_later_read_gives(state_url: str) -> None:
     """One read of the units table in a calm hour; after a change, the states as changed."""
     store = open_store(state_url)
     try:
@@ -199,7 +199,7 @@ def test_sync_and_read_gives_the_feed_states_a_later_read_gives(state_url: str) 
         for hour, mapping in enumerate(hours):
             if hour == 1:
                 store.record_verdicts(f, {"R2": ("count_missing",)}, {"R1": 12})
-            entries, states = store.sync_and_read(f, mapping, T0)
+            entries, states = store.sync_mapping(f, mapping, T0)
             assert states == store.feed_states(f)
             seen.append((len(entries), {r: s.sendable for r, s in states.items()}))
         assert seen == [

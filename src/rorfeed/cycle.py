@@ -207,7 +207,7 @@ class Cycle:
         if dry:
             known = self.store.feed_states(est.finess)
         else:
-            entries, known = self.store.sync_and_read(est.finess, mapping.units, self.clock())
+            entries, known = self.store.sync_mapping(est.finess, mapping.units, self.clock())
             removed = {e.ror_id for e in entries if e.new == "removed"}
             if removed:
                 self.control.notify_removed(

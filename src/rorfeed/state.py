@@ -481,22 +481,14 @@ class Store:
 
     def sync_mapping(
         self, finess: str, units: tuple[MappedUnit, ...], now: datetime
-    ) -> list[AuditEntry]:
+    ) -> tuple[list[AuditEntry], dict[str, FeedState]]:
         """Bring the units table in line with the mapping; audit each change as `rorfeed`.
 
         Returns the audit entries written (removed units and re-declarations to manual are
-        what the bed-management cell must hear about).
-        """
-        return self.sync_and_read(finess, units, now)[0]
-
-    def sync_and_read(
-        self, finess: str, units: tuple[MappedUnit, ...], now: datetime
-    ) -> tuple[list[AuditEntry], dict[str, FeedState]]:
-        """`sync_mapping` then `feed_states`, in one transaction.
-
-        Every change to the units table is audited, so an hour without audit entries changed
-        nothing: the feed states come from the same read as the comparison (at 100,000 units
-        a second read of the table is about 0.4 s).
+        what the bed-management cell must hear about) and then `feed_states`, read in the
+        same transaction. Every change to the units table is audited, so an hour without
+        audit entries changed nothing: the states come from the comparison's own read (at
+        100,000 units a second read of the table is about 0.4 s).
         """
         entries: list[AuditEntry] = []
         added: list[dict[str, Any]] = []
