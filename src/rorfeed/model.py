@@ -116,3 +116,37 @@ class KillswitchEvent:
     actor: str
     at: datetime
     units: tuple[UnitRef, ...] = ()  # the units whose feed this stops or resumes
+
+
+GLOBAL = "*"  # the key of the global kill-switch, beside the establishments' FINESS
+ACTOR_RORFEED = "rorfeed"  # the actor of rorfeed's own changes; reserved for people's names
+
+
+class LedgerStatus(StrEnum):
+    """Where a pivot file stands in the delivery ledger of its destination."""
+
+    PENDING = "pending"  # in the outbox, not delivered yet
+    UPLOADING = "uploading"  # being uploaded: outcome unknown until settled
+    DELIVERED = "delivered"
+    UNCERTAIN = "uncertain"  # the rename may or may not have happened: never sent again
+    SUPERSEDED = "superseded"  # a newer file of the same establishment was delivered
+    EXPIRED = "expired"  # older than rules.max_file_age_minutes
+    WITHHELD = "withheld"  # a unit went manual (or a kill-switch on) before its upload
+
+
+class EstablishmentStatus(StrEnum):
+    """How one establishment's part of a cycle ended."""
+
+    OK = "ok"
+    SOURCE_DOWN = "source_down"
+    MAPPING_ERROR = "mapping_error"
+    KILLSWITCH = "killswitch"
+    NOTHING_TO_SEND = "nothing_to_send"
+
+
+class CycleOutcome(StrEnum):
+    """A whole cycle: `failed` when the work failed, `partial` when something was held back."""
+
+    OK = "ok"
+    PARTIAL = "partial"
+    FAILED = "failed"
