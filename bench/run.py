@@ -319,7 +319,7 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("  mapping: parse_mapping", "rorfeed.cycle", "parse_mapping"),
     ("  state: sync_mapping (and feed states)", "rorfeed.state", "Store.sync_mapping"),
     ("  state: units() (all calls)", "rorfeed.state", "Store.units"),
-    ("  source: SqlSource.fetch", "rorfeed.sources.sql", "SqlSource.fetch"),
+    ("  source: SqlSource.fetch", "rorfeed.sources.sql.query", "SqlSource.fetch"),
     ("  rules: Cycle._judge", "rorfeed.cycle", "Cycle._judge"),
     ("  state: record_verdicts", "rorfeed.state", "Store.record_verdicts"),
     ("  rules: Cycle._apply_decisions", "rorfeed.cycle", "Cycle._apply_decisions"),
@@ -335,9 +335,9 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("  outbox: stage (fsync, ledger row)", "rorfeed.outbox", "Outbox.stage"),
     ("  state: add_file", "rorfeed.state", "Store.add_file"),
     ("  delivery: Outbox.deliver", "rorfeed.outbox", "Outbox.deliver"),
-    ("    sftp: connect + auth (open)", "rorfeed.transports.sftp", "SftpTransport.open"),
-    ("    sftp: upload + size check", "rorfeed.transports.sftp", "SftpSession.upload"),
-    ("    sftp: rename (commit)", "rorfeed.transports.sftp", "SftpSession.commit"),
+    ("    sftp: connect + auth (open)", "rorfeed.transports.sftp.client", "SftpTransport.open"),
+    ("    sftp: upload + size check", "rorfeed.transports.sftp.client", "SftpSession.upload"),
+    ("    sftp: rename (commit)", "rorfeed.transports.sftp.client", "SftpSession.commit"),
     ("    state: set_file_status", "rorfeed.state", "Store.set_file_status"),
     ("    state: mark_delivered", "rorfeed.state", "Store.mark_delivered"),
     ("    outbox: archive", "rorfeed.outbox", "Outbox.archive"),
@@ -875,8 +875,8 @@ def profile(n: int, out: Path, base: Path) -> None:
 
 IMPORT_PROBE = (
     "import time; t = time.perf_counter(); import rorfeed.cli; a = time.perf_counter() - t;"
-    " import rorfeed.cycle, rorfeed.state, rorfeed.sources.sql, rorfeed.transports.sftp,"
-    " rorfeed.pivot, sqlalchemy.dialects.postgresql.psycopg;"
+    " import rorfeed.cycle, rorfeed.state, rorfeed.sources.sql.query,"
+    " rorfeed.transports.sftp.client, rorfeed.pivot, sqlalchemy.dialects.postgresql.psycopg;"
     " print(a, time.perf_counter() - t)"
 )
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from rorfeed.config import SftpDestinationSection
+from rorfeed.transports.sftp import SftpDestinationSection
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import typing
 
 from rorfeed import config
 from rorfeed.pivot import WRITERS
-from rorfeed.sources import SOURCE_KINDS
-from rorfeed.transports import TRANSPORT_KINDS
+from rorfeed.sections import DestinationCommon, SourceCommon
+from rorfeed.sources import SOURCES
+from rorfeed.transports import DESTINATIONS
 
 
 def _kinds(union: object) -> set[str]:
@@ -17,19 +17,21 @@ def _kinds(union: object) -> set[str]:
 
 
 def test_source_kinds_accepted_by_config_are_the_registry() -> None:
-    assert _kinds(config.SourceSection) == set(SOURCE_KINDS)
+    assert _kinds(config.SourceSection) == set(SOURCES)
 
 
 def test_destination_kinds_accepted_by_config_are_the_registry() -> None:
-    assert _kinds(config.DestinationSection) == set(TRANSPORT_KINDS)
+    assert _kinds(config.DestinationSection) == set(DESTINATIONS)
+
+
+def test_each_registry_key_is_the_kind_its_section_declares() -> None:
+    for registry, base in ((SOURCES, SourceCommon), (DESTINATIONS, DestinationCommon)):
+        for name, kind in registry.items():
+            assert issubclass(kind.section, base)
+            assert typing.get_args(kind.section.model_fields["kind"].annotation) == (name,)
+            assert callable(kind.open)
 
 
 def test_formats_accepted_by_config_are_the_writers() -> None:
-    assert set(typing.get_args(config.Format)) == set(WRITERS)
-
-
-def test_every_registered_module_builds_its_kind() -> None:
-    for module in SOURCE_KINDS.values():
-        assert callable(importlib.import_module(module).from_config)
-    for module in TRANSPORT_KINDS.values():
-        assert callable(importlib.import_module(module).build)
+    formats = DestinationCommon.model_fields["formats"].annotation
+    assert set(typing.get_args(typing.get_args(formats)[0])) == set(WRITERS)

@@ -20,7 +20,7 @@ from lxml import etree
 
 from rorfeed.errors import PivotInvalid
 from rorfeed.model import BedCounts, Snapshot, UnitRecord
-from rorfeed.pivot import WRITERS, render_checked
+from rorfeed.pivot import WRITERS, prepare, render_checked
 from rorfeed.pivot import csv as csv_pivot
 from rorfeed.pivot import json as json_pivot
 from rorfeed.pivot import xml as xml_pivot
@@ -150,7 +150,7 @@ def unit_ids(fmt: str, data: bytes) -> list[str]:
 
 
 def rendered(fmt: str, snapshot: Snapshot | None = None) -> bytes:
-    return WRITERS[fmt].render(snapshot or small_snapshot())
+    return WRITERS[fmt].write(prepare(snapshot or small_snapshot()))
 
 
 def load_samples_module() -> ModuleType:
@@ -405,7 +405,7 @@ def xml_line_of(data: bytes, text: bytes) -> int:
 
 def test_xml_bad_unit_deep_in_a_large_file_is_reported_with_its_line() -> None:
     # 12,000 units: several lots, and lines past 65,535 (where libxml2 once stopped counting).
-    data = xml_pivot.render(many_units(12_000))
+    data = xml_pivot.write(prepare(many_units(12_000)))
     bad = data.replace(
         b"<id_fiche_ror>52/011000</id_fiche_ror>\n    <lits_installes>3</lits_installes>",
         b"<id_fiche_ror>52/011000</id_fiche_ror>\n    <lits_installes>-3</lits_installes>",
@@ -427,7 +427,7 @@ def test_xml_units_out_of_order_or_repeated_across_lots_are_refused(
 ) -> None:
     # The schema's xs:unique sees one lot at a time: the order check sees the whole file.
     monkeypatch.setattr(xml_pivot, "_CHILDREN_PER_BATCH", per_batch)
-    data = xml_pivot.render(many_units(7))
+    data = xml_pivot.write(prepare(many_units(7)))
     repeated = data.replace(b">52/000005<", b">52/000001<")
     # In one lot, the schema finds the repeat first, as it did on the whole tree.
     found = (
@@ -446,7 +446,7 @@ def test_xml_header_fault_is_reported_once_however_many_lots(
     per_batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(xml_pivot, "_CHILDREN_PER_BATCH", per_batch)
-    data = xml_pivot.render(many_units(7)).replace(b">750712184<", b">75071218<")
+    data = xml_pivot.write(prepare(many_units(7))).replace(b">750712184<", b">75071218<")
     with pytest.raises(PivotInvalid) as caught:
         xml_pivot.validate(data)
     assert str(caught.value) == (
@@ -463,7 +463,7 @@ def test_xml_file_cut_short_anywhere_is_refused(
     # With the schema plugged into iterparse, lxml 6.1 / libxml2 2.14 took a truncated file for
     # a valid one: the parser's own errors were lost.
     monkeypatch.setattr(xml_pivot, "_CHILDREN_PER_BATCH", per_batch)
-    data = xml_pivot.render(many_units(3))
+    data = xml_pivot.write(prepare(many_units(3)))
     for end in range(1, len(data) - 1):
         cut = data[:end] if data[end - 1 : end] == b"\n" else data[:end] + b"\n"
         with pytest.raises(PivotInvalid, match="not well-formed XML"):
@@ -473,7 +473,7 @@ def test_xml_file_cut_short_anywhere_is_refused(
 def test_xml_text_between_units_is_refused_wherever_the_parser_reads_it() -> None:
     # The parser reads 32 KiB at a time and may stop inside a long run of text: all of it must
     # still reach the schema, not only the part read with the unit before it.
-    data = xml_pivot.render(many_units(400))
+    data = xml_pivot.write(prepare(many_units(400)))
     ends = [i + len(b"</unite>") for i in range(len(data)) if data.startswith(b"</unite>", i)]
     for end in ends[150:200]:
         for blank in (400, 5_000, 40_000):
@@ -504,7 +504,7 @@ def test_xml_entity_the_schema_cannot_follow_is_a_refusal_not_a_crash() -> None:
 
 def test_xml_finess_xml_cannot_carry_is_refused_naming_the_finess() -> None:
     with pytest.raises(PivotInvalid, match="cannot hold the text of the establishment's finess"):
-        xml_pivot.render(replace(small_snapshot(), finess="75071218\x01"))
+        xml_pivot.write(prepare(replace(small_snapshot(), finess="75071218\x01")))
 
 
 @pytest.mark.parametrize("literal", ["3.0", "3e0", "NaN"])
@@ -599,7 +599,7 @@ def test_json_schema_refuses_text_ending_in_a_newline(field: str) -> None:
     from rorfeed.errors import PivotInvalid
     from rorfeed.pivot import json as pivot_json
 
-    doc = std_json.loads(WRITERS["json"].render(small_snapshot()))
+    doc = std_json.loads(WRITERS["json"].write(prepare(small_snapshot())))
     doc[field] += "\n"
     doc["unites"][0]["id_fiche_ror"] += "\n"
     with pytest.raises(PivotInvalid):

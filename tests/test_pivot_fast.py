@@ -29,7 +29,7 @@ from lxml import etree
 
 from rorfeed.errors import PivotInvalid
 from rorfeed.model import BedCounts, Snapshot, UnitRecord
-from rorfeed.pivot import _common, render_checked
+from rorfeed.pivot import _common, prepare, render_checked
 from rorfeed.pivot import csv as csv_pivot
 from rorfeed.pivot import json as json_pivot
 from rorfeed.pivot import xml as xml_pivot
@@ -180,7 +180,10 @@ def reference_csv(snapshot: Snapshot) -> bytes:
 
 
 REFERENCES = {"json": reference_json, "xml": reference_xml, "csv": reference_csv}
-RENDERERS = {"json": json_pivot.render, "xml": xml_pivot.render, "csv": csv_pivot.render}
+RENDERERS = {
+    name: (lambda snapshot, module=module: module.write(prepare(snapshot)))
+    for name, module in (("json", json_pivot), ("xml", xml_pivot), ("csv", csv_pivot))
+}
 
 
 def outcome(render: Any, snapshot: Snapshot) -> bytes | str:
@@ -235,7 +238,7 @@ def test_xml_render_refuses_what_xml_cannot_carry_naming_the_field(
         (UnitRecord(f"52/{character}1", BedCounts(1, 0, 1)),),
     )
     with pytest.raises(PivotInvalid, match=r"cannot hold the text of unit '52/"):
-        xml_pivot.render(snapshot)
+        xml_pivot.write(prepare(snapshot))
 
 
 # --- the JSON Schema check: fast and jsonschema agree -------------------------------------------
@@ -257,7 +260,7 @@ VALID_SNAPSHOTS = snapshots(
 
 @st.composite
 def valid_documents(draw: st.DrawFn) -> Any:
-    return json_loads(json_pivot.render(draw(VALID_SNAPSHOTS)))
+    return json_loads(json_pivot.write(prepare(draw(VALID_SNAPSHOTS))))
 
 
 # Values that break (or nearly break) a field: floats that are whole, Decimal as json.loads
@@ -459,7 +462,7 @@ def test_valid_documents_pass_the_fast_check(document: Any) -> None:
 def test_fast_and_slow_schema_checks_on_known_cases(
     field: str, value: object, fast: bool, slow: bool
 ) -> None:
-    document = json_loads(json_pivot.render(_small()))
+    document = json_loads(json_pivot.write(prepare(_small())))
     target = document["unites"][0] if field.startswith(("lits", "id")) else document
     target[field] = value
     assert (json_pivot.fast_accepts(document), jsonschema_accepts(document)) == (fast, slow)
@@ -467,7 +470,7 @@ def test_fast_and_slow_schema_checks_on_known_cases(
 
 def test_a_tuple_of_units_is_not_taken_for_an_array() -> None:
     # fastjsonschema alone would accept it; jsonschema does not, and decides.
-    document = json_loads(json_pivot.render(_small()))
+    document = json_loads(json_pivot.write(prepare(_small())))
     document["unites"] = tuple(document["unites"])
     assert not json_pivot.fast_accepts(document)
     assert list(json_pivot.schema_errors(document)) == [
@@ -578,7 +581,7 @@ def damaged(
 @st.composite
 def damaged_xml(draw: st.DrawFn) -> bytes:
     """A valid file with one to three lines deleted, repeated, swapped, inserted or edited."""
-    lines = xml_pivot.render(draw(VALID_SNAPSHOTS)).decode().split("\n")[:-1]
+    lines = xml_pivot.write(prepare(draw(VALID_SNAPSHOTS))).decode().split("\n")[:-1]
 
     def insert(i: int) -> None:
         lines.insert(i, draw(st.sampled_from(XML_SNIPPETS)))
@@ -635,7 +638,7 @@ def test_streamed_xml_check_gives_the_verdict_of_the_whole_tree(
 def damaged_csv(draw: st.DrawFn) -> bytes:
     """A valid file with up to three lines deleted, repeated, swapped or edited, or one of
     their fields replaced."""
-    lines = csv_pivot.render(draw(VALID_SNAPSHOTS)).decode().split("\n")[:-1]
+    lines = csv_pivot.write(prepare(draw(VALID_SNAPSHOTS))).decode().split("\n")[:-1]
 
     def field(i: int) -> None:
         fields = lines[i].split(";")
@@ -708,7 +711,7 @@ def test_csv_error_names_the_line_after_a_field_that_spans_two_lines() -> None:
         snapshot.units[1],
         UnitRecord("52/3", BedCounts(9, -1, 2)),
     )
-    data = csv_pivot.render(_small(units=units))
+    data = csv_pivot.write(prepare(_small(units=units)))
     with pytest.raises(PivotInvalid) as caught:
         csv_pivot.validate(data)
     message = str(caught.value)
@@ -717,7 +720,7 @@ def test_csv_error_names_the_line_after_a_field_that_spans_two_lines() -> None:
 
 
 def test_csv_with_too_few_fields_names_its_line() -> None:
-    data = csv_pivot.render(_small()).replace(b";8;0;2;", b";8;0;", 1)
+    data = csv_pivot.write(prepare(_small())).replace(b";8;0;2;", b";8;0;", 1)
     with pytest.raises(PivotInvalid, match="line 3 has 7 fields, expected 8"):
         csv_pivot.validate(data)
 
@@ -725,14 +728,14 @@ def test_csv_with_too_few_fields_names_its_line() -> None:
 def test_csv_reports_the_first_problem_in_file_order() -> None:
     # Line 3 has too few fields, line 4 is not CSV at all: line 3 is reported, as when the file
     # was read line by line.
-    data = csv_pivot.render(_small()).replace(b";8;0;2;", b";8;0;", 1)
+    data = csv_pivot.write(prepare(_small())).replace(b";8;0;2;", b";8;0;", 1)
     data = data.replace(b"52/3", b'"52/3"x', 1)
     with pytest.raises(PivotInvalid, match="line 3 has 7 fields"):
         csv_pivot.validate(data)
 
 
 def test_csv_blank_line_is_refused_with_its_number() -> None:
-    data = csv_pivot.render(_small()) + b"\n"
+    data = csv_pivot.write(prepare(_small())) + b"\n"
     with pytest.raises(PivotInvalid, match="line 5 has 0 fields"):
         csv_pivot.validate(data)
 

@@ -17,13 +17,14 @@ from typing import get_args
 
 import pytest
 
-from rorfeed.config import Config, ConfigFile, CsvSourceSection, SourceSection, SqlSourceSection
+from rorfeed.config import Config, ConfigFile, SourceSection
 from rorfeed.errors import SourceError, SourceTimeout
 from rorfeed.model import Extraction, SourceRow
-from rorfeed.sources import SOURCE_KINDS, open_source
+from rorfeed.sources import SOURCES, open_source
 from rorfeed.sources._deadline import run_with_deadline
-from rorfeed.sources.csv_file import CsvSource
-from rorfeed.sources.sql import SqlSource
+from rorfeed.sources.csv_file import CsvSource, CsvSourceSection
+from rorfeed.sources.sql import SqlSourceSection
+from rorfeed.sources.sql.query import SqlSource
 from tests.pg import PgServer, free_port
 
 QUERY = "SELECT unit, installed, closed, available FROM beds ORDER BY unit"
@@ -79,7 +80,7 @@ def test_importing_the_sources_package_does_not_load_sqlalchemy() -> None:
 def test_registry_kinds_are_exactly_the_kinds_the_config_accepts() -> None:
     sections = get_args(get_args(SourceSection)[0])
     config_kinds = {get_args(s.model_fields["kind"].annotation)[0] for s in sections}
-    assert set(SOURCE_KINDS) == config_kinds
+    assert set(SOURCES) == config_kinds
 
 
 def test_open_source_builds_each_kind_from_the_config(tmp_path: Path) -> None:

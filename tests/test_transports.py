@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rorfeed.config import Config, ConfigFile, DirectoryDestinationSection
+from rorfeed.config import Config, ConfigFile
 from rorfeed.errors import (
     AuthFailed,
     ConnectTimeout,
@@ -22,9 +22,10 @@ from rorfeed.errors import (
     RemoteRefused,
     TransportError,
 )
-from rorfeed.transports import TRANSPORT_KINDS, open_transport
-from rorfeed.transports.directory import DirectoryTransport
-from rorfeed.transports.sftp import SftpSession, SftpTransport
+from rorfeed.transports import DESTINATIONS, open_transport
+from rorfeed.transports.base import Session
+from rorfeed.transports.directory import DirectoryDestinationSection, DirectoryTransport
+from rorfeed.transports.sftp.client import SftpSession, SftpTransport
 from tests.sshd import Sshd
 
 pytestmark = pytest.mark.sshd
@@ -70,6 +71,11 @@ def payload(tmp_path: Path) -> Path:
     return path
 
 
+def put(session: Session, local: Path, name: str) -> None:
+    """Upload then commit, as the outbox does for each file of its ledger."""
+    session.commit(session.upload(local, name), name)
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -83,8 +89,8 @@ def test_put_delivers_an_identical_file_and_leaves_no_part(
 ) -> None:
     remote = sshd.remote_dir()
     with sftp(sshd, remote, key=getattr(sshd, key_attr)).open(10) as session:
-        session.put(payload, "a.xml")
-        session.put(payload, "b.xml")  # one session, several files
+        put(session, payload, "a.xml")
+        put(session, payload, "b.xml")  # one session, several files
     assert (remote / "a.xml").read_bytes() == payload.read_bytes()
     assert (remote / "b.xml").read_bytes() == payload.read_bytes()
     assert leftovers(remote) == []
@@ -111,7 +117,7 @@ def test_existing_target_is_replaced(sshd: Sshd, tmp_path: Path, posix_rename: b
     new.write_bytes(b"{}\n")
     with sftp(sshd, remote).open(10) as session:
         session.posix_rename = posix_rename
-        session.put(new, "f.json")
+        put(session, new, "f.json")
     assert (remote / "f.json").read_bytes() == b"{}\n"
     assert leftovers(remote) == []
 
@@ -120,7 +126,7 @@ def test_key_with_passphrase_authenticates(sshd: Sshd, payload: Path) -> None:
     remote = sshd.remote_dir()
     transport = sftp(sshd, remote, key=sshd.ed25519_passphrase, passphrase=sshd.passphrase)
     with transport.open(10) as session:
-        session.put(payload, "p.xml")
+        put(session, payload, "p.xml")
     assert (remote / "p.xml").exists()
 
 
@@ -128,7 +134,7 @@ def test_size_of_gives_the_size_or_none(sshd: Sshd, payload: Path) -> None:
     remote = sshd.remote_dir()
     with sftp(sshd, remote).open(10) as session:
         assert session.size_of("absent.xml") is None
-        session.put(payload, "present.xml")
+        put(session, payload, "present.xml")
         assert session.size_of("present.xml") == payload.stat().st_size
 
 
@@ -141,7 +147,7 @@ def test_probe_proves_the_folder_writable_and_leaves_nothing(sshd: Sshd) -> None
 
 def test_a_name_that_is_not_plain_is_a_bug(sshd: Sshd, payload: Path) -> None:
     with sftp(sshd, sshd.remote_dir()).open(10) as session, pytest.raises(ValueError):
-        session.put(payload, "../escape.xml")
+        put(session, payload, "../escape.xml")
 
 
 # -- host keys --------------------------------------------------------------------------------
@@ -239,7 +245,7 @@ def test_missing_remote_folder_is_remote_missing_and_never_created(
         with pytest.raises(RemoteMissing):
             session.probe()
         with pytest.raises(RemoteMissing):
-            session.put(payload, "a.xml")
+            put(session, payload, "a.xml")
         with pytest.raises(RemoteMissing):
             session.size_of("a.xml")
     assert not remote.exists()
@@ -252,7 +258,7 @@ def test_read_only_remote_folder_is_remote_refused(sshd: Sshd, payload: Path) ->
         with pytest.raises(RemoteRefused):
             session.probe()
         with pytest.raises(RemoteRefused):
-            session.put(payload, "a.xml")
+            put(session, payload, "a.xml")
         assert session.size_of("a.xml") is None
     assert list(remote.iterdir()) == []
 
@@ -339,7 +345,7 @@ def test_operations_after_the_session_budget_time_out(sshd: Sshd, payload: Path)
         assert session.size_of("late.xml") is None  # works within its budget
         time.sleep(1.1)
         with pytest.raises(ConnectTimeout):
-            session.put(payload, "late.xml")
+            put(session, payload, "late.xml")
     assert not (remote / "late.xml").exists()
 
 
@@ -354,7 +360,7 @@ def test_server_that_stops_answering_mid_session_times_out_each_operation(
         assert sshd.kill_sessions(signal.SIGSTOP), "no sshd process served the session"
         started = time.monotonic()
         with pytest.raises(ConnectTimeout, match="no answer in time"):
-            session.put(payload, "stuck.xml")
+            put(session, payload, "stuck.xml")
         assert time.monotonic() - started < 2.0
     finally:
         sshd.kill_sessions(signal.SIGKILL)
@@ -376,7 +382,7 @@ def test_connection_cut_during_an_upload_leaves_no_final_file_and_next_attempt_s
 
     def upload() -> None:
         try:
-            session.put(big, "big.csv")
+            put(session, big, "big.csv")
         except TransportError as exc:
             outcome.append(exc)
         else:
@@ -399,7 +405,7 @@ def test_connection_cut_during_an_upload_leaves_no_final_file_and_next_attempt_s
     small = tmp_path / "big.csv.retry"
     small.write_bytes(b"retried\n")
     with sftp(sshd, remote).open(10) as retry:
-        retry.put(small, "big.csv")
+        put(retry, small, "big.csv")
     assert (remote / "big.csv").read_bytes() == b"retried\n"
     assert leftovers(remote) == []
 
@@ -418,8 +424,8 @@ def test_directory_put_delivers_and_leaves_no_part(tmp_path: Path, payload: Path
     (out / "a.xml").write_bytes(b"old")
     with directory(out).open(5) as session:
         assert session.size_of("b.xml") is None
-        session.put(payload, "a.xml")
-        session.put(payload, "b.xml")
+        put(session, payload, "a.xml")
+        put(session, payload, "b.xml")
         session.probe()
         assert session.size_of("b.xml") == payload.stat().st_size
     assert (out / "a.xml").read_bytes() == payload.read_bytes()
@@ -430,7 +436,7 @@ def test_directory_missing_folder_is_remote_missing(tmp_path: Path, payload: Pat
     out = tmp_path / "absent"
     with directory(out).open(5) as session:
         with pytest.raises(RemoteMissing, match="local"):
-            session.put(payload, "a.xml")
+            put(session, payload, "a.xml")
         with pytest.raises(RemoteMissing):
             session.probe()
         with pytest.raises(RemoteMissing):
@@ -440,7 +446,7 @@ def test_directory_missing_folder_is_remote_missing(tmp_path: Path, payload: Pat
 
 def test_directory_unreadable_local_file_is_a_transport_error(tmp_path: Path) -> None:
     with directory(tmp_path).open(5) as session, pytest.raises(TransportError):
-        session.put(tmp_path / "missing.xml", "a.xml")
+        put(session, tmp_path / "missing.xml", "a.xml")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -487,7 +493,7 @@ def test_open_transport_builds_each_kind_from_the_config(tmp_path: Path) -> None
     dir_transport = open_transport(config, 1)
     assert isinstance(dir_transport, DirectoryTransport)
     assert dir_transport.path == tmp_path / "out"
-    assert set(TRANSPORT_KINDS) == {"sftp", "directory"}
+    assert set(DESTINATIONS) == {"sftp", "directory"}
     assert "pp" not in repr(sftp_transport)
 
 

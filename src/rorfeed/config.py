@@ -15,20 +15,19 @@ import tomllib
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from rorfeed.errors import ConfigError
+from rorfeed.sections import READABLE, DestinationCommon, ReadableFile, SourceCommon, Strict
+from rorfeed.sources import SOURCES
+from rorfeed.transports import DESTINATIONS
 
 DEFAULT_CONFIG_PATH = Path("/etc/rorfeed/rorfeed.toml")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DaemonSection(_Strict):
+class DaemonSection(Strict):
     schedule: str = Field(
         "5 * * * *", description="cron (minute hour day month weekday), in `timezone`"
     )
@@ -42,13 +41,13 @@ class DaemonSection(_Strict):
     archive_days: int = Field(30, ge=1, description="days a delivered file stays in archive/")
 
 
-class MetricsSection(_Strict):
+class MetricsSection(Strict):
     listen: str = Field(
         "127.0.0.1:9464", description='host:port of /metrics; never all interfaces; "" disables'
     )
 
 
-class RulesSection(_Strict):
+class RulesSection(Strict):
     max_beds_per_unit: int = Field(500, ge=1, description="plausible maximum of any count")
     coherence: Literal["reject", "warn"] = Field(
         "reject", description='"reject" or "warn" when closed > installed or available too high'
@@ -71,41 +70,23 @@ class RulesSection(_Strict):
     max_file_age_minutes: int = Field(120, ge=1, description="an older file is never delivered")
 
 
-class SqlSourceSection(_Strict):
-    kind: Literal["sql"] = Field(description='"sql" or "csv"', examples=["sql"])
-    url: str = Field(
-        description="SQLAlchemy URL of the bed-management database (no password in it)",
-        examples=["postgresql+psycopg://rorfeed@127.0.0.1:5432/beds"],
-    )
-    password_file: str = Field("", description="file holding the database password")
-    password_env: str = Field("", description="or: environment variable holding it")
-    query: str = Field(
-        description="returns unit, installed, closed, available and optionally updated_at",
-        examples=[
-            "SELECT code_uf AS unit, nb_inst AS installed, nb_ferm AS closed,"
-            " nb_dispo AS available, maj AS updated_at FROM v_lits"
-        ],
-    )
-    timeout_seconds: float = Field(
-        30, gt=0, description="connect + query; a source slower than this is unreachable"
-    )
+if TYPE_CHECKING:
+    SourceSection = SourceCommon
+    DestinationSection = DestinationCommon
+else:
+    # The kinds the configuration accepts are the registries' (`sources.SOURCES`,
+    # `transports.DESTINATIONS`): a new kind is one line there, never an edit here.
+    SourceSection = Annotated[
+        Union[tuple(k.section for k in SOURCES.values())],  # noqa: UP007 (a runtime tuple)
+        Field(discriminator="kind"),
+    ]
+    DestinationSection = Annotated[
+        Union[tuple(k.section for k in DESTINATIONS.values())],  # noqa: UP007
+        Field(discriminator="kind"),
+    ]
 
 
-class CsvSourceSection(_Strict):
-    kind: Literal["csv"] = Field(description='"csv"', examples=["csv"])
-    path: str = Field(
-        description="a CSV export, or a folder whose newest *.csv (modification time) is read",
-        examples=["export.csv"],
-    )
-    encoding: Literal["utf-8", "cp1252", "latin-1"] = Field("utf-8", description="file encoding")
-    delimiter: Literal["", ";", ","] = Field("", description='"" = detect ";" or ","')
-    timeout_seconds: float = Field(30, gt=0, description="bound on reading the export")
-
-
-SourceSection = Annotated[SqlSourceSection | CsvSourceSection, Field(discriminator="kind")]
-
-
-class EstablishmentSection(_Strict):
+class EstablishmentSection(Strict):
     name: str = Field(min_length=1, description="establishment name", examples=["Hôpital Exemple"])
     finess: str = Field(
         description="FINESS géographique (ET): département then 7 digits; 9th = Luhn key",
@@ -114,76 +95,25 @@ class EstablishmentSection(_Strict):
     finess_check: Literal["luhn", "format"] = Field(
         "luhn", description='or "format" (format only, for a real FINESS that fails the key)'
     )
-    mapping: str = Field(description="CSV local_code;ror_id;label[;mode]", examples=["mapping.csv"])
-    referential: str = Field("", description="optional ROR referential export (CSV of fiche ids)")
+    mapping: ReadableFile = Field(
+        description="CSV local_code;ror_id;label[;mode]", examples=["mapping.csv"]
+    )
+    referential: ReadableFile = Field(
+        "", description="optional ROR referential export (CSV of fiche ids)"
+    )
     source: SourceSection
 
 
-Format = Literal["xml", "json", "csv"]
-
-
-def _default_formats() -> list[Format]:
-    return ["xml"]
-
-
-class _DestinationCommon(_Strict):
-    name: str = Field(min_length=1, description="name of the destination", examples=["sesan"])
-    environment: Literal["production", "test"] = Field(
-        "production", description='or "test": the operator\'s ROR test environment'
-    )
-    establishments: list[str] = Field(
-        default_factory=list, description="FINESS list; empty = every establishment"
-    )
-    file_name: str = Field(
-        "rorlits_{finess}_{timestamp}.{ext}", description="placeholders: finess, timestamp, ext"
-    )
-    formats: list[Format] = Field(
-        default_factory=_default_formats, min_length=1, description='any of "xml", "json", "csv"'
-    )
-    timeout_seconds: float = Field(
-        30, gt=0, description="bounds the whole delivery of a cycle, retries included"
-    )
-
-
-class SftpDestinationSection(_DestinationCommon):
-    kind: Literal["sftp"] = Field(
-        description='"sftp" or "directory" (key: path)', examples=["sftp"]
-    )
-    host: str = Field(description="SFTP server", examples=["sftp.example.org"])
-    port: int = Field(22, ge=1, le=65535, description="SSH port")
-    username: str = Field(description="account on the server", examples=["etab750712184"])
-    private_key: str = Field(
-        description="private key (ed25519 or RSA)", examples=["/etc/rorfeed/id_ed25519"]
-    )
-    passphrase_file: str = Field("", description="file holding the key's passphrase")
-    passphrase_env: str = Field("", description="or: environment variable holding it")
-    known_hosts: str = Field(
-        description="the server's host key, as published by the operator",
-        examples=["/etc/rorfeed/known_hosts"],
-    )
-    remote_dir: str = Field(description="remote folder", examples=["/depot/ror"])
-
-
-class DirectoryDestinationSection(_DestinationCommon):
-    kind: Literal["directory"] = Field(description='"directory"', examples=["directory"])
-    path: str = Field(description="local folder the files are put into", examples=["out"])
-
-
-DestinationSection = Annotated[
-    SftpDestinationSection | DirectoryDestinationSection, Field(discriminator="kind")
-]
-
-
-class WebSection(_Strict):
+class WebSection(Strict):
     listen: str = Field(
         "127.0.0.1:8465", description="behind the hospital's reverse proxy, or with tls_cert/key"
     )
-    tls_cert: str = Field("", description="certificate file (PEM) to serve HTTPS")
-    tls_key: str = Field("", description="its private key (PEM)")
+    tls_cert: ReadableFile = Field("", description="certificate file (PEM) to serve HTTPS")
+    tls_key: ReadableFile = Field("", description="its private key (PEM)")
     session_minutes: int = Field(480, ge=1, description="a session expires after this")
 
 
-class NotifySection(_Strict):
+class NotifySection(Strict):
     smtp_host: str = Field("", description="SMTP relay; empty disables e-mail")
     smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port")
     starttls: bool = Field(True, description="use STARTTLS")
@@ -196,7 +126,7 @@ class NotifySection(_Strict):
     )
 
 
-class ConfigFile(_Strict):
+class ConfigFile(Strict):
     """The whole file, as written by the operator."""
 
     daemon: DaemonSection = Field(default_factory=DaemonSection)
@@ -297,7 +227,7 @@ def _dotted(loc: tuple[int | str, ...], tags: set[str]) -> str:
     return out
 
 
-_KIND_TAGS = {"sql", "csv", "sftp", "directory"}
+_KIND_TAGS = set(SOURCES) | set(DESTINATIONS)
 
 
 def _pydantic_problems(name: str, exc: ValidationError) -> list[str]:
@@ -381,6 +311,32 @@ def _check_file(config: Config, key: str, value: str, problems: list[str]) -> No
         problems.append(f"{key}: {p}: missing or unreadable — fix the path")
 
 
+def _check_section(
+    config: Config, key: str, section: BaseModel, problems: list[str], secrets: dict[str, str]
+) -> None:
+    """The checks a section declares by its fields: every `ReadableFile` required or set must be
+    readable, and every `<name>_file` / `<name>_env` pair is read into `secrets["<key>.<name>"]`.
+    """
+    fields = type(section).model_fields
+    for name, info in fields.items():
+        value = getattr(section, name)
+        if READABLE in info.metadata and (value or info.is_required()):
+            _check_file(config, f"{key}.{name}", value, problems)
+    for name in fields:
+        secret_name = name.removesuffix("_file")
+        if secret_name == name or f"{secret_name}_env" not in fields:
+            continue
+        secret = _read_secret(
+            config.base_dir,
+            f"{key}.{secret_name}",
+            getattr(section, name),
+            getattr(section, f"{secret_name}_env"),
+            problems,
+        )
+        if secret is not None:
+            secrets[f"{key}.{secret_name}"] = secret
+
+
 def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str]) -> None:
     f = config.file
     try:
@@ -410,20 +366,8 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
                 f"{key}.finess: {est.finess} is already establishments[{seen_finess[est.finess]}]"
             )
         seen_finess.setdefault(est.finess, i)
-        _check_file(config, f"{key}.mapping", est.mapping, problems)
-        if est.referential:
-            _check_file(config, f"{key}.referential", est.referential, problems)
-        src = est.source
-        if isinstance(src, SqlSourceSection):
-            secret = _read_secret(
-                config.base_dir,
-                f"{key}.source.password",
-                src.password_file,
-                src.password_env,
-                problems,
-            )
-            if secret is not None:
-                secrets[f"{key}.source.password"] = secret
+        _check_section(config, key, est, problems, secrets)
+        _check_section(config, f"{key}.source", est.source, problems, secrets)
 
     seen_dest: set[str] = set()
     for i, dest in enumerate(f.destinations):
@@ -440,24 +384,10 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
         problems.extend(
             f"{key}.file_name: {p}" for p in template_problems(dest.file_name, single=single)
         )
-        if isinstance(dest, SftpDestinationSection):
-            _check_file(config, f"{key}.private_key", dest.private_key, problems)
-            _check_file(config, f"{key}.known_hosts", dest.known_hosts, problems)
-            secret = _read_secret(
-                config.base_dir,
-                f"{key}.passphrase",
-                dest.passphrase_file,
-                dest.passphrase_env,
-                problems,
-            )
-            if secret is not None:
-                secrets[f"{key}.passphrase"] = secret
+        _check_section(config, key, dest, problems, secrets)
 
     if f.web:
-        for k in ("tls_cert", "tls_key"):
-            value = getattr(f.web, k)
-            if value:
-                _check_file(config, f"web.{k}", value, problems)
+        _check_section(config, "web", f.web, problems, secrets)
         if bool(f.web.tls_cert) != bool(f.web.tls_key):
             problems.append("web.tls_cert, web.tls_key: set both or neither")
     if f.notify and f.notify.smtp_host:
@@ -468,15 +398,7 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
                     "(or leave smtp_host empty to send no e-mail)"
                 )
     if f.notify:
-        secret = _read_secret(
-            config.base_dir,
-            "notify.password",
-            f.notify.password_file,
-            f.notify.password_env,
-            problems,
-        )
-        if secret is not None:
-            secrets["notify.password"] = secret
+        _check_section(config, "notify", f.notify, problems, secrets)
 
 
 def template_problems(template: str, *, single: bool) -> list[str]:

@@ -16,17 +16,16 @@ from pydantic_core import PydanticUndefined
 
 from rorfeed.config import (
     ConfigFile,
-    CsvSourceSection,
     DaemonSection,
-    DirectoryDestinationSection,
     EstablishmentSection,
     MetricsSection,
     NotifySection,
     RulesSection,
-    SftpDestinationSection,
-    SqlSourceSection,
     WebSection,
 )
+from rorfeed.sections import Kind
+from rorfeed.sources import SOURCES
+from rorfeed.transports import DESTINATIONS
 
 HEADER = """\
 # rorfeed configuration — every key, with its default or an example.
@@ -59,7 +58,11 @@ def _value(info: FieldInfo) -> Any:
 
 
 def _lines(
-    model: type[BaseModel], *, commented: bool = False, skip: tuple[str, ...] = ()
+    model: type[BaseModel],
+    *,
+    commented: bool = False,
+    skip: tuple[str, ...] = (),
+    kind_note: str = "",
 ) -> list[str]:
     out = []
     prefix = "# " if commented else ""
@@ -67,7 +70,26 @@ def _lines(
         if name in skip or isinstance(_annotation_model(info), type):
             continue
         line = f"{prefix}{name} = {_toml(_value(info))}"
-        out.append(f"{line:<44} # {info.description}" if info.description else line)
+        note = kind_note if name == "kind" and kind_note else info.description
+        out.append(f"{line:<44} # {note}" if note else line)
+    return out
+
+
+def _kinds(registry: dict[str, Kind[Any]]) -> list[str]:
+    """The first kind in full; each other one commented, with only the keys the first lacks."""
+    (_, first), *others = registry.items()
+    out = _lines(first.section, kind_note=" or ".join(f'"{k}"' for k in registry))
+    for name, kind in others:
+        shared = tuple(n for n in kind.section.model_fields if n in first.section.model_fields)
+        out += [
+            f"# ... or {kind.title}:",
+            *_lines(
+                kind.section,
+                commented=True,
+                skip=tuple(n for n in shared if n != "kind"),
+                kind_note=f'"{name}"',
+            ),
+        ]
     return out
 
 
@@ -89,20 +111,10 @@ def render() -> str:
         *_lines(EstablishmentSection, skip=("source",)),
         "",
         "[establishments.source]",
-        *_lines(SqlSourceSection),
-        "# ... or a CSV export:",
-        *_lines(CsvSourceSection, commented=True, skip=("timeout_seconds",)),
+        *_kinds(SOURCES),
         "",
         "[[destinations]]",
-        *_lines(SftpDestinationSection),
-        "# ... or a local folder:",
-        *_lines(
-            DirectoryDestinationSection,
-            commented=True,
-            skip=tuple(
-                n for n in DirectoryDestinationSection.model_fields if n not in ("kind", "path")
-            ),
-        ),
+        *_kinds(DESTINATIONS),
         "",
         "# Optional: `rorfeed web`.",
         "# [web]",

@@ -183,7 +183,7 @@ import signal
 import sys
 
 from rorfeed.cli import main
-from rorfeed.transports.sftp import SftpSession
+from rorfeed.transports.sftp.client import SftpSession
 
 real_commit = SftpSession.commit
 

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rorfeed.config import CsvSourceSection, load
+from rorfeed.config import load
 from rorfeed.errors import ConfigError, MappingError, RorfeedError, SourceError
 from rorfeed.mapping import parse_mapping
 from rorfeed.model import Mode
-from rorfeed.sources.csv_file import CsvSource
+from rorfeed.sources.csv_file import CsvSource, CsvSourceSection
 
 
 @pytest.fixture

@@ -50,9 +50,9 @@ def _preload() -> None:
     import rorfeed.metrics
     import rorfeed.pivot
     import rorfeed.sources.csv_file
-    import rorfeed.sources.sql
+    import rorfeed.sources.sql.query
     import rorfeed.transports.directory
-    import rorfeed.transports.sftp
+    import rorfeed.transports.sftp.client
 
     del apscheduler, paramiko, prometheus_client, psycopg, sqlalchemy, rorfeed
 
@@ -63,7 +63,7 @@ def _kill_self() -> None:
 
 def _install_hooks(hooks: dict[str, Any]) -> None:
     if "kill_after_rename" in hooks:
-        from rorfeed.transports.sftp import SftpSession
+        from rorfeed.transports.sftp.client import SftpSession
 
         nth = int(hooks["kill_after_rename"])
         real_commit = SftpSession.commit

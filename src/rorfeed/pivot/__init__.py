@@ -22,16 +22,12 @@ class Writer(Protocol):
         """File name extension, without the dot."""
         ...
 
-    def render(self, snapshot: Snapshot) -> bytes:
-        """The file's bytes; the same snapshot always gives the same bytes.
-
-        Raises `PivotInvalid` when the snapshot cannot be written (naive time, text the format
-        cannot carry).
-        """
-        ...
-
     def write(self, prepared: Prepared) -> bytes:
-        """`render`, from what `prepare` worked out once for every format."""
+        """The file's bytes, from what `prepare` worked out once for every format; the same
+        snapshot always gives the same bytes.
+
+        Raises `PivotInvalid` when the snapshot cannot be written (text the format cannot carry).
+        """
         ...
 
     def validate(self, data: bytes) -> None:

@@ -16,7 +16,6 @@ from itertools import islice, pairwise
 from typing import Final
 
 from rorfeed.errors import PivotInvalid
-from rorfeed.model import Snapshot
 from rorfeed.pivot import _common
 from rorfeed.pivot import json as json_pivot
 
@@ -41,10 +40,6 @@ _COUNT = re.compile(r"0|[1-9][0-9]*")
 # and line ends. A field without any is written as it is. (Python 3.11 leaves a lone "\r"
 # unquoted, newer versions quote it: a line holding one goes through csv.writer either way.)
 _NEEDS_QUOTES = re.compile('[;"\r\n]')
-
-
-def render(snapshot: Snapshot) -> bytes:
-    return write(_common.prepare(snapshot))
 
 
 def write(prepared: _common.Prepared) -> bytes:

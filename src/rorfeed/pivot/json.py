@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 import fastjsonschema  # type: ignore[import-untyped, unused-ignore]
 
 from rorfeed.errors import PivotInvalid
-from rorfeed.model import Snapshot, UnitRecord
+from rorfeed.model import UnitRecord
 from rorfeed.pivot import _common
 
 if TYPE_CHECKING:
@@ -33,10 +33,6 @@ _value: Callable[[object], str] = json.JSONEncoder(ensure_ascii=False).encode
 # Units written and encoded at once by `write`: few enough to keep the lot's text small,
 # enough that the calls per lot do not show.
 _UNITS_PER_LOT: Final = 1000
-
-
-def render(snapshot: Snapshot) -> bytes:
-    return write(_common.prepare(snapshot))
 
 
 def write(prepared: _common.Prepared) -> bytes:

@@ -20,7 +20,6 @@ from typing import Any, Final, cast
 from lxml import etree
 
 from rorfeed.errors import PivotInvalid
-from rorfeed.model import Snapshot
 from rorfeed.pivot import _common
 
 extension: Final = "xml"
@@ -35,10 +34,6 @@ _CHILDREN_PER_BATCH: Final = 2000
 # errors in the schema object's one error_log: two threads validating at once would read each
 # other's errors, so each lot is validated and its errors read under this lock.
 _schema_lock = threading.Lock()
-
-
-def render(snapshot: Snapshot) -> bytes:
-    return write(_common.prepare(snapshot))
 
 
 def write(prepared: _common.Prepared) -> bytes:

@@ -1,34 +1,34 @@
-"""Source adapters, one module per `kind`, found through a plain registry.
+"""Source adapters: a plain registry from `kind` to what the kind declares (`sections.Kind`).
 
-Each module named here offers `from_config(config, index) -> Source`. Modules are imported on
-first use, so that `import rorfeed.sources` (the CLI, the web page) does not load SQLAlchemy
-and database drivers. Adding a kind is one module and one line here.
+Each kind is a module (or a package when its code is heavy) holding its section model and a
+factory `open_source(config, index) -> Source` that imports the heavy code only when called, so
+that `import rorfeed.sources` (the CLI, the web page) does not load SQLAlchemy and database
+drivers. Adding a kind is that module, its tests and one line here.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from rorfeed.sections import Kind
+from rorfeed.sources import csv_file, sql
 from rorfeed.sources.base import Source
 
 if TYPE_CHECKING:
     from rorfeed.config import Config
 
-SOURCE_KINDS: dict[str, str] = {
-    "sql": "rorfeed.sources.sql",
-    "csv": "rorfeed.sources.csv_file",
-}
-
 SourceFactory = Callable[["Config", int], Source]
+
+SOURCES: dict[str, Kind[SourceFactory]] = {
+    "sql": Kind(sql.SqlSourceSection, sql.open_source, "a database query"),
+    "csv": Kind(csv_file.CsvSourceSection, csv_file.from_config, "a CSV export"),
+}
 
 
 def open_source(config: Config, index: int) -> Source:
     """The source of `config.file.establishments[index]`, ready to `fetch()`."""
-    kind = config.file.establishments[index].source.kind
-    factory: SourceFactory = importlib.import_module(SOURCE_KINDS[kind]).from_config
-    return factory(config, index)
+    return SOURCES[config.file.establishments[index].source.kind].open(config, index)
 
 
-__all__ = ["SOURCE_KINDS", "Source", "open_source"]
+__all__ = ["SOURCES", "Source", "SourceFactory", "open_source"]

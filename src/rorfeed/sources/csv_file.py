@@ -11,13 +11,31 @@ import io
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from rorfeed.config import Config, CsvSourceSection
+from pydantic import Field
+
 from rorfeed.errors import SourceError
 from rorfeed.model import Extraction, SourceRow
+from rorfeed.sections import SourceCommon
 from rorfeed.sources._columns import locate_columns
 from rorfeed.sources._deadline import run_with_deadline
 from rorfeed.sources.base import Source
+
+if TYPE_CHECKING:
+    from rorfeed.config import Config
+
+
+class CsvSourceSection(SourceCommon):
+    kind: Literal["csv"] = Field(description="kind of source", examples=["csv"])
+    path: str = Field(
+        description="a CSV export, or a folder whose newest *.csv (modification time) is read",
+        examples=["export.csv"],
+    )
+    encoding: Literal["utf-8", "cp1252", "latin-1"] = Field("utf-8", description="file encoding")
+    delimiter: Literal["", ";", ","] = Field("", description='"" = detect ";" or ","')
+    timeout_seconds: float = Field(30, gt=0, description="bound on reading the export")
+
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 

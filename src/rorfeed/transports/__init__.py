@@ -1,35 +1,34 @@
-"""Destination kinds: a plain registry from `kind` to the module that builds its transport.
+"""Destination kinds: a plain registry from `kind` to what the kind declares (`sections.Kind`).
 
-Each module has `build(config, index) -> Transport`. Modules are imported only when a
-destination of their kind is used, so that `import rorfeed.transports` stays cheap (no paramiko).
+Each kind is a module (or a package when its code is heavy) holding its section model and a
+factory `(config, index) -> Transport` that imports the heavy code only when called, so that
+`import rorfeed.transports` stays cheap (no paramiko). Adding a kind is that module, its tests
+and one line here.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from rorfeed.sections import Kind
+from rorfeed.transports import directory, sftp
+from rorfeed.transports.base import Transport
+
 if TYPE_CHECKING:
     from rorfeed.config import Config
-    from rorfeed.transports.base import Transport
 
-TRANSPORT_KINDS: dict[str, str] = {
-    "sftp": "rorfeed.transports.sftp",
-    "directory": "rorfeed.transports.directory",
+TransportFactory = Callable[["Config", int], Transport]
+
+DESTINATIONS: dict[str, Kind[TransportFactory]] = {
+    "sftp": Kind(sftp.SftpDestinationSection, sftp.open_transport, "an SFTP server"),
+    "directory": Kind(directory.DirectoryDestinationSection, directory.build, "a local folder"),
 }
 
 
 def open_transport(config: Config, index: int) -> Transport:
     """The transport of `config.file.destinations[index]` (not connected yet)."""
-    kind = config.file.destinations[index].kind
-    module = importlib.import_module(TRANSPORT_KINDS[kind])
-    build: Callable[[Config, int], Transport] = module.build
-    return build(config, index)
+    return DESTINATIONS[config.file.destinations[index].kind].open(config, index)
 
 
-def plain_name(name: str) -> str:
-    """`name` when it is a plain file name a consumer may see; ValueError otherwise (a bug)."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
-        raise ValueError(f"not a plain file name: {name!r}")
-    return name
+__all__ = ["DESTINATIONS", "Transport", "TransportFactory", "open_transport"]

@@ -14,12 +14,21 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Literal
 
-from rorfeed.config import Config, DirectoryDestinationSection
+from pydantic import Field
+
 from rorfeed.errors import RemoteMissing, RemoteRefused, TransportError
-from rorfeed.transports import plain_name
+from rorfeed.sections import DestinationCommon
+from rorfeed.transports.base import Session, plain_name
+
+if TYPE_CHECKING:
+    from rorfeed.config import Config
+
+
+class DirectoryDestinationSection(DestinationCommon):
+    kind: Literal["directory"] = Field(description="kind of destination", examples=["directory"])
+    path: str = Field(description="local folder the files are put into", examples=["out"])
 
 
 class DirectoryTransport:
@@ -34,7 +43,7 @@ class DirectoryTransport:
         return DirectorySession(self.path, self.where)
 
 
-class DirectorySession:
+class DirectorySession(Session):
     def __init__(self, path: Path, where: str) -> None:
         self.path = path
         self.where = where
@@ -63,10 +72,6 @@ class DirectorySession:
                 f"{self.where}: {what}: the folder {self.path} does not exist"
                 " (rorfeed never creates it)"
             )
-
-    def put(self, local: Path, name: str) -> None:
-        """`upload` then `commit`: for callers that keep no ledger between the two."""
-        self.commit(self.upload(local, name), name)
 
     def upload(self, local: Path, name: str) -> str:
         plain_name(name)
@@ -142,17 +147,6 @@ class DirectorySession:
 
     def close(self) -> None:
         pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def build(config: Config, index: int) -> DirectoryTransport:

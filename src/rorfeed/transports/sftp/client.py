@@ -1,4 +1,4 @@
-"""The `sftp` destination: paramiko, strict host keys, key auth, every step bounded.
+"""The `sftp` destination, the code: paramiko, strict host keys, key auth, every step bounded.
 
 Errors are translated here, at the edge, into rorfeed's `TransportError` tree (`raise … from`);
 each message names the destination, the account, the host and the port.
@@ -29,8 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, Self, cast
+from typing import Any, BinaryIO, cast
 
 import paramiko
 from paramiko.hostkeys import InvalidHostKey
@@ -38,7 +37,7 @@ from paramiko.pkey import UnknownKeyType
 from paramiko.sftp import CMD_INIT, CMD_VERSION
 from paramiko.ssh_exception import IncompatiblePeer
 
-from rorfeed.config import Config, SftpDestinationSection
+from rorfeed.config import Config
 from rorfeed.errors import (
     AuthFailed,
     ConnectTimeout,
@@ -47,7 +46,8 @@ from rorfeed.errors import (
     RemoteRefused,
     TransportError,
 )
-from rorfeed.transports import plain_name
+from rorfeed.transports.base import Session, plain_name
+from rorfeed.transports.sftp import SftpDestinationSection
 
 KEEPALIVE_SECONDS = 15
 CHUNK = 32768
@@ -373,7 +373,7 @@ class SftpTransport:
             return _SFTPClient(channel)
 
 
-class SftpSession:
+class SftpSession(Session):
     """One SSH connection and SFTP channel, used for every file of a cycle."""
 
     def __init__(
@@ -417,10 +417,6 @@ class SftpSession:
             raise
 
     # -- Session ------------------------------------------------------------------------------
-
-    def put(self, local: Path, name: str) -> None:
-        """`upload` then `commit`: for callers that keep no ledger between the two."""
-        self.commit(self.upload(local, name), name)
 
     def upload(self, local: Path, name: str) -> str:
         plain_name(name)
@@ -529,17 +525,6 @@ class SftpSession:
         with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
             self._sftp.close()
         self._transport.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _wait(

@@ -1,4 +1,4 @@
-"""`kind = "sql"`: the bed counts from any database SQLAlchemy reaches, with one query.
+"""`kind = "sql"`, the code: the bed counts from any database SQLAlchemy reaches, with one query.
 
 One connection per cycle (`NullPool`): nothing is held open between hourly cycles, and a
 database restart between two cycles is invisible. Nothing is ever committed.
@@ -20,12 +20,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from rorfeed.config import Config, SqlSourceSection
+from rorfeed.config import Config
 from rorfeed.errors import SourceError, SourceTimeout
 from rorfeed.model import Extraction, SourceRow
 from rorfeed.sources._columns import locate_columns
 from rorfeed.sources._deadline import run_with_deadline
 from rorfeed.sources.base import Source
+from rorfeed.sources.sql import SqlSourceSection
 
 # Drivers built on libpq, which understand `connect_timeout` and `options`.
 _LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2", "psycopg2cffi"})
