@@ -21,7 +21,7 @@ the per-round ratios. Each N gets one uncounted warm-up run of each kind first (
 the state store and its units, as the first hour of a real installation does): the counted runs
 are the steady state of an installation that has run before.
 
-Then the idle RSS of the real daemon (`rorfeed serve`, or `python -m rorfeed.daemon`, on the
+Then the idle RSS of the real daemon (`rorfeed serve`, on the
 `--daemon-n` site, 3 s after its first cycle), the idle RSS of the process above after its
 cycles (it imported what the daemon imports; also after `malloc_trim(0)`), and `rorfeed --help`.
 
@@ -658,17 +658,9 @@ def help_time(runs: int, out_dir: Path) -> tuple[float, float]:
     return median(helps), median(bares)
 
 
-def daemon_cmd() -> list[str] | None:
-    """How to start the daemon: `rorfeed serve`, else `python -m rorfeed.daemon`, else None."""
-    helptext = subprocess.run(
-        [*rorfeed_cmd(), "--help"], capture_output=True, text=True, check=False
-    ).stdout
-    if re.search(r"\bserve\b", helptext):
-        return [*rorfeed_cmd(), "--config", "{config}", "serve"]
-    daemon_py = ROOT / "src" / "rorfeed" / "daemon.py"
-    if daemon_py.exists() and "def main(" in daemon_py.read_text(encoding="utf-8"):
-        return [sys.executable, "-m", "rorfeed.daemon", "--config", "{config}"]
-    return None
+def daemon_cmd() -> list[str]:
+    """How to start the daemon: `rorfeed --config {config} serve`, as systemd does."""
+    return [*rorfeed_cmd(), "--config", "{config}", "serve"]
 
 
 def _events(path: Path, name: str) -> int:
@@ -685,8 +677,6 @@ def serve_idle_rss(n: int, pg: Any, sshd: Any, base: Path) -> tuple[str, int, in
     next minute; the RSS is read 3 s after that cycle's end.
     """
     template = daemon_cmd()
-    if template is None:
-        return None
     root = base / f"serve-n{n}"
     (root / "site").mkdir(parents=True)
     src_site = base / f"n{n}" / "run-once"
@@ -720,8 +710,7 @@ def serve_idle_rss(n: int, pg: Any, sshd: Any, base: Path) -> tuple[str, int, in
                 key: int(value)
                 for key, value in re.findall(r"^(VmRSS|VmHWM|RssAnon):\s+(\d+)", status, re.M)
             }
-            shown = "rorfeed serve" if "serve" in template else "python -m rorfeed.daemon"
-            what = f"{shown}, {n:,} units, 3 s after its first cycle"
+            what = f"rorfeed serve, {n:,} units, 3 s after its first cycle"
             return what, kb["VmRSS"], kb["VmHWM"], kb["RssAnon"]
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -1073,7 +1062,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" its peak so far {serve[2] / 1024:.0f} MB"
             )
         else:
-            print("daemon: not measured (no `rorfeed serve`, no rorfeed.daemon main)")
+            print("daemon: not measured (no cycle seen; see the log above)")
         print(f"rorfeed --help: {help_s:.3f} s wall (python -c pass: {python_s:.3f} s)")
         print("machine: " + "; ".join(machine()))
         if args.json:

@@ -47,7 +47,13 @@ from rorfeed.systemd import Notifier
 from tests.sites import FINESS, directory_destination, mapping_csv, site_toml, write_site
 
 PARIS = ZoneInfo("Europe/Paris")
-SERVE = [sys.executable, "-c", "from rorfeed.daemon import main; main()"]
+
+
+def serve_argv(config: Path) -> list[str]:
+    """`rorfeed --config <config> serve`, as systemd starts it."""
+    return [sys.executable, "-m", "rorfeed", "--config", str(config), "serve"]
+
+
 DEPOT = directory_destination("depot", formats=("xml",))
 MAPPING = mapping_csv(
     [("REA", "52/100", "Réanimation", "auto"), ("MED", "52/200", "Médecine", "auto")]
@@ -643,13 +649,7 @@ class Serve:
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from rorfeed.daemon import main; main()",
-                "--config",
-                str(config),
-            ],
+            serve_argv(config),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -829,7 +829,7 @@ def test_serve_subprocess_catches_up_once_at_start_and_stops_on_sigint(tmp_path:
 def test_serve_subprocess_exits_2_on_an_invalid_config(tmp_path: Path) -> None:
     path = make_site(tmp_path, extra="\n[bogus]\nx = 1\n")
     done = subprocess.run(
-        [*SERVE, "--config", str(path)],
+        serve_argv(path),
         capture_output=True,
         text=True,
         timeout=30,

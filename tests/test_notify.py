@@ -487,7 +487,6 @@ def test_without_a_relay_nothing_is_queued(notify: NotifySection | None, tmp_pat
     notifier = Notifier(notify)
     assert not notifier.enabled
     assert not notifier.queue(store, "s", "b", T0)
-    assert not notifier.queue_unit_changes(store, [to_manual(REA)], T0)
     assert store.pending_emails() == []
     assert notifier.flush(store, T0) == FlushResult()
 
@@ -541,7 +540,8 @@ recipients = ["cellule-lits@chu-exemple.fr"]
     notifier = Notifier.from_config(load(path), ssl_context=smtp_tls.client_context)
     assert SMTP_PASSWORD not in repr(notifier)
     store = store_at(tmp_path)
-    assert notifier.queue_unit_changes(store, [to_manual(REA)], T0)
+    [(subject, body)] = compose_unit_changes([to_manual(REA)], notifier.zone)
+    assert notifier.queue(store, subject, body, T0)
     assert notifier.flush(store, T0) == FlushResult(sent=1, failed=0, waiting=0)
     [received] = smtp_tls.messages
     assert received.login == SMTP_USER

@@ -25,10 +25,7 @@ from rorfeed.model import Mode
 from rorfeed.outbox import one_line
 from rorfeed.sources import open_source
 from rorfeed.transports import open_transport
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+from rorfeed.wording import counted_en
 
 
 class _Printer:
@@ -58,7 +55,8 @@ def run_checks(config: Config) -> int:
     n_est, n_dest = len(config.file.establishments), len(config.file.destinations)
     out.ok(
         "config",
-        f"{config.path} ({_plural(n_est, 'establishment')}, {_plural(n_dest, 'destination')})",
+        f"{config.path} ({counted_en(n_est, 'establishment')},"
+        f" {counted_en(n_dest, 'destination')})",
     )
     for index, est in enumerate(config.file.establishments):
         what = f"{est.finess} {est.name}"
@@ -78,13 +76,13 @@ def run_checks(config: Config) -> int:
             out.ok(transport.where, detail)
     if out.failures:
         print(
-            f"rorfeed: check failed: {_plural(out.failures, 'problem')},"
-            f" {_plural(out.warnings, 'warning')} (see the FAIL lines)",
+            f"rorfeed: check failed: {counted_en(out.failures, 'problem')},"
+            f" {counted_en(out.warnings, 'warning')} (see the FAIL lines)",
             file=sys.stderr,
         )
         return 1
     print(
-        f"rorfeed: check passed ({_plural(out.warnings, 'warning')})",
+        f"rorfeed: check passed ({counted_en(out.warnings, 'warning')})",
         file=sys.stderr,
     )
     return 0
@@ -101,7 +99,7 @@ def _check_mapping(config: Config, index: int, what: str, out: _Printer) -> Mapp
     manual = sum(u.declared_mode is Mode.MANUAL for u in mapping.units)
     out.ok(
         f"{what}: mapping",
-        f"{_plural(len(mapping.units), 'fiche')} ({len(mapping.units) - manual} auto,"
+        f"{counted_en(len(mapping.units), 'fiche')} ({len(mapping.units) - manual} auto,"
         f" {manual} manual)",
     )
     if not est.referential:
@@ -140,7 +138,7 @@ def _check_source(
     codes = {row.unit.strip() for row in extraction.rows}
     out.ok(
         f"{what}: source",
-        f"{_plural(len(extraction.rows), 'row')}, {_plural(len(codes), 'unit')}",
+        f"{counted_en(len(extraction.rows), 'row')}, {counted_en(len(codes), 'unit')}",
     )
     if mapping is None:
         return

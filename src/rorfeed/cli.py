@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from rorfeed import __version__
 from rorfeed.errors import ConfigError, RorfeedError, StateError
+from rorfeed.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from rorfeed.config import Config, EmergencyConfig
@@ -27,13 +28,11 @@ if TYPE_CHECKING:
     from rorfeed.cycle import CycleReport
     from rorfeed.state import Store
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse exits 2 on usage errors: keep that
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         if not _is_emergency(args):
             print("\n".join(exc.problems), file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         return _emergency(config_mod.load_emergency(path, exc.problems), args)
     rlog.register_secrets(config.secrets.values())
     try:
@@ -158,11 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _change(Control.from_config(config, _open_store(config)), args)
     except StateError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except RorfeedError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_USAGE
+        return ExitCode.FAILED
+    return ExitCode.USAGE
 
 
 def _emergency(partial: EmergencyConfig, args: argparse.Namespace) -> int:
@@ -177,7 +176,7 @@ def _emergency(partial: EmergencyConfig, args: argparse.Namespace) -> int:
         code = _change(control, args, lenient_finess=True)
     except RorfeedError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
-        code = EXIT_FAILED
+        code = ExitCode.FAILED
     print(
         "rorfeed: warning: the configuration is invalid (the emergency change was still made):",
         file=sys.stderr,
@@ -229,9 +228,9 @@ def _change(control: Control, args: argparse.Namespace, lenient_finess: bool = F
                 )
     except ControlError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     control.flush_notifications()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _open_store(config: Config, *, read_only_if_missing: bool = False) -> Store:
@@ -258,7 +257,7 @@ def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
         dry_dir.mkdir(parents=True, exist_ok=True)
     elif output is not None:
         print("rorfeed: --output goes with --dry-run", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     store = _open_store(config, read_only_if_missing=dry_run)
     last = store.recent_cycles(1)
     if not dry_run and last and last[0].cycle_time == now:
@@ -280,11 +279,11 @@ def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
             if e.status in ("source_down", "mapping_error")
         ] + [f"{d.destination}: {d.error}" for d in report.deliveries if not d.ok]
         print(f"rorfeed: cycle failed — {'; '.join(reasons)}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     stopped = [e.finess for e in report.establishments if e.status == "killswitch"]
     if stopped:
         print(f"rorfeed: kill-switch on, nothing sent for {', '.join(stopped)}", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def format_summary(report: CycleReport) -> str:
@@ -376,7 +375,7 @@ def _status(config: Config, as_json: bool) -> int:
             ],
         }
         print(json.dumps(doc, ensure_ascii=False, indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     print("Last cycles:")
     if not cycles:
         print("  none yet")
@@ -396,7 +395,7 @@ def _status(config: Config, as_json: bool) -> int:
                 f"  {u.finess} {u.ror_id} ({u.local_code}): {u.streak} cycle(s), "
                 f"{', '.join(u.last_rules)}"
             )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _units(config: Config, as_json: bool) -> int:
@@ -428,7 +427,7 @@ def _units(config: Config, as_json: bool) -> int:
     ]
     if as_json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     rows = [
         [
             u.finess,
@@ -462,7 +461,7 @@ def _units(config: Config, as_json: bool) -> int:
     print(_table(header, rows))
     manual = sum(1 for u in units if u.mode.value == "manual")
     print(f"{len(doc)} unit(s), {manual} in manual mode", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _history(config: Config, unit: str | None, limit: int, as_json: bool) -> int:
@@ -484,7 +483,7 @@ def _history(config: Config, unit: str | None, limit: int, as_json: bool) -> int
     ]
     if as_json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     rows = [
         [
             _short(d["at"]),
@@ -499,7 +498,7 @@ def _history(config: Config, unit: str | None, limit: int, as_json: bool) -> int
     ]
     print(_table(["AT", "WHO", "ACTION", "FINESS", "ROR ID", "CHANGE", "WHY"], rows))
     print(f"{len(doc)} entr{'y' if len(doc) == 1 else 'ies'}", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _short(iso: object) -> str:

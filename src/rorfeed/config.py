@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field, ValidationError
 
 from rorfeed.errors import ConfigError
+from rorfeed.listen import listen_problem
 from rorfeed.sections import READABLE, DestinationCommon, ReadableFile, SourceCommon, Strict
 from rorfeed.sources import SOURCES
 from rorfeed.transports import DESTINATIONS
@@ -352,8 +353,8 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
     for listen_key, listen in (("metrics.listen", f.metrics.listen),) + (
         (("web.listen", f.web.listen),) if f.web else ()
     ):
-        if listen and not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", listen):
-            problems.append(f'{listen_key}: found "{listen}", expected host:port')
+        if listen and (problem := listen_problem(listen)):
+            problems.append(f"{listen_key}: {problem}")
 
     seen_finess: dict[str, int] = {}
     for i, est in enumerate(f.establishments):

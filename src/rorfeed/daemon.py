@@ -34,7 +34,6 @@ the state store and the delivery ledger are crash-safe. The unit's `TimeoutStopS
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
 import secrets
@@ -56,6 +55,8 @@ from rorfeed import config as config_mod
 from rorfeed import heap
 from rorfeed import logging as rlog
 from rorfeed.errors import ConfigError, RorfeedError, StateError
+from rorfeed.exit_codes import ExitCode
+from rorfeed.listen import parse_listen
 from rorfeed.systemd import Notifier
 
 if TYPE_CHECKING:
@@ -70,7 +71,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("rorfeed.daemon")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_GRACE_SECONDS = 60.0
 # A cycle running longer than this is taken as hung: the watchdog pings stop, and systemd
 # restarts the daemon (every step of a cycle has its own timeout: this is the last resort).
@@ -294,11 +294,6 @@ def _problem_keys(problems: Sequence[str]) -> list[str]:
     return keys
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _local(value: datetime, zone: tzinfo) -> str:
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
 
@@ -406,7 +401,7 @@ class Daemon:
                 self._start()
             except _StartError as exc:
                 print(f"rorfeed: {exc}", file=sys.stderr)
-                return EXIT_FAILED
+                return ExitCode.FAILED
             while self._stop_signal is None:
                 select.select([wake_r], [], [], 60.0)
                 with contextlib.suppress(OSError):  # BlockingIOError: nothing more to read
@@ -516,7 +511,7 @@ class Daemon:
             )
         self._stop_metrics_server()
         log.info("stopped", signal=name)
-        return EXIT_OK
+        return ExitCode.OK
 
     def _shutdown_scheduler(self) -> None:
         if self._scheduler is not None and self._scheduler.running:
@@ -661,7 +656,7 @@ class Daemon:
         if not listen:
             log.info("metrics_disabled")
             return
-        host, port = _parse_listen(listen)
+        host, port = parse_listen(listen)
         server, _thread = start_http_server(port, host, registry=self.registry)
         self._server = server
         self.metrics_address = (host, int(server.server_address[1]))
@@ -713,25 +708,12 @@ def serve(config_path: Path) -> int:
         trigger = schedule_trigger(config)
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     # The `_created` companions of counters serve no alert and double the series.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
         store = open_store(config.state_url)
     except StateError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     return Daemon(config, store, trigger=trigger).run()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m rorfeed.daemon [--config PATH]`: the same as `rorfeed serve`."""
-    parser = argparse.ArgumentParser(prog="rorfeed-serve", description="rorfeed serve")
-    parser.add_argument("--config", help="configuration file")
-    args = parser.parse_args(argv)
-    rlog.configure()
-    sys.exit(serve(config_mod.config_path(args.config)))
-
-
-if __name__ == "__main__":
-    main()

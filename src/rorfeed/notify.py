@@ -39,6 +39,7 @@ from rorfeed.config import Config, NotifySection
 from rorfeed.errors import StateError
 from rorfeed.model import BedCounts, KillswitchEvent, Mode, UnitModeEvent, UnitRef
 from rorfeed.state import ACTOR_RORFEED, EmailRow, Store
+from rorfeed.wording import counted
 
 log = structlog.get_logger("rorfeed.notify")
 
@@ -88,11 +89,6 @@ def format_time(at: datetime, zone: tzinfo) -> str:
     return f"{local:%d/%m/%Y} à {local:%H:%M} ({where})"
 
 
-def _plural(n: int, singular: str, plural: str) -> str:
-    # French: 0 and 1 take the singular.
-    return f"{n} {singular if n <= 1 else plural}"
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -117,9 +113,9 @@ def _indented(label: str, text: str) -> list[str]:
 
 def _counts(c: BedCounts) -> str:
     return (
-        f"{_plural(c.installed, 'lit installé', 'lits installés')}, "
-        f"{_plural(c.closed, 'lit fermé', 'lits fermés')}, "
-        f"{_plural(c.available, 'lit disponible', 'lits disponibles')}"
+        f"{counted(c.installed, 'lit installé', 'lits installés')}, "
+        f"{counted(c.closed, 'lit fermé', 'lits fermés')}, "
+        f"{counted(c.available, 'lit disponible', 'lits disponibles')}"
     )
 
 
@@ -208,7 +204,7 @@ def compose_unit_changes(events: Sequence[UnitModeEvent], zone: tzinfo) -> list[
 def _unit_message(
     events: Sequence[UnitModeEvent], zone: tzinfo, title: str, intro: str, outro: list[str]
 ) -> tuple[str, str]:
-    n = _plural(len(events), "unité", "unités")
+    n = counted(len(events), "unité", "unités")
     where = _subject_establishments([e.unit for e in events])
     subject = f"{SUBJECT_PREFIX} {title} : {n} — {where}"
     body: list[str] = ["Bonjour,", "", intro, ""]
@@ -400,24 +396,6 @@ class Notifier:
         store.queue_email(subject, body, now)
         log.info("email_queued", subject=subject)
         return True
-
-    def queue_unit_changes(
-        self, store: Store, events: Sequence[UnitModeEvent], now: datetime
-    ) -> bool:
-        """Compose (in this notifier's zone) and queue the e-mails for these mode changes."""
-        if not self.enabled:
-            return False
-        messages = compose_unit_changes(events, self.zone)
-        for subject, body in messages:
-            self.queue(store, subject, body, now)
-        return bool(messages)
-
-    def queue_killswitch(self, store: Store, event: KillswitchEvent, now: datetime) -> bool:
-        """Compose (in this notifier's zone) and queue the e-mail for a kill-switch action."""
-        if not self.enabled:
-            return False
-        subject, body = compose_killswitch(event, self.zone)
-        return self.queue(store, subject, body, now)
 
     # -- sending --------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import structlog
 
+from rorfeed.durable import fsync_dir
 from rorfeed.errors import (
     AuthFailed,
     ConnectTimeout,
@@ -130,14 +131,6 @@ def _writer_alive(temp_name: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def one_line(text: str) -> str:

@@ -3,7 +3,7 @@
 Started once per test worker (`python -m tests.faults.zygote`), it imports rorfeed and every
 library a cycle and the daemon load, then waits for commands on stdin, one JSON object per
 line. For each, it forks a child that runs the real entry point — `rorfeed.cli.main(argv)`,
-as the `rorfeed` console script does, or `rorfeed.daemon.main(argv)` for `serve` — with its
+as the `rorfeed` console script does (`serve` appended after the options) — with its
 stdout and stderr in files, and answers `{"id": ..., "pid": ...}`. When a child ends it
 answers `{"exit": pid, "code": ...}` (negative: killed by that signal, as `subprocess` says).
 
@@ -126,16 +126,11 @@ def _child(cmd: dict[str, Any]) -> None:
         _install_hooks(cmd.get("hooks", {}))
         argv = list(cmd["argv"])
         if cmd["entry"] == "serve":
-            from rorfeed.daemon import main as serve_main
+            argv.append("serve")  # after the global options, as `rorfeed --config X serve`
+        from rorfeed.cli import main as cli_main
 
-            sys.argv = ["rorfeed-serve", *argv]
-            serve_main(argv)
-            code = 0
-        else:
-            from rorfeed.cli import main as cli_main
-
-            sys.argv = ["rorfeed", *argv]
-            code = cli_main(argv)
+        sys.argv = ["rorfeed", *argv]
+        code = cli_main(argv)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0

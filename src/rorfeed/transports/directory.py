@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from rorfeed.durable import fsync_dir
 from rorfeed.errors import RemoteMissing, RemoteRefused, TransportError
 from rorfeed.sections import DestinationCommon
 from rorfeed.transports.base import Session, plain_name
@@ -103,7 +104,7 @@ class DirectorySession(Session):
         final = self.path / plain_name(name)
         with self._translating(f"rename {temp} to {final}"):
             temp.replace(final)
-            self._sync_folder()
+            fsync_dir(self.path)
 
     def _check_size(self, temp: Path, size: int) -> None:
         with self._translating(f"stat {temp}"):
@@ -112,13 +113,6 @@ class DirectorySession(Session):
             raise TransportError(
                 f"{self.where}: {temp} holds {written} bytes of {size}; not renamed"
             )
-
-    def _sync_folder(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def size_of(self, name: str) -> int | None:
         plain_name(name)

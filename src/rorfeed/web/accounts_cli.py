@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 from rorfeed.config import Config
 from rorfeed.errors import RorfeedError
+from rorfeed.exit_codes import ExitCode
 from rorfeed.state import Store, WebUser, open_store
 from rorfeed.web.auth import MIN_PASSWORD_CHARS, AccountError, Accounts, Role, check_name
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 ACTIONS = ("add", "passwd", "disable", "list")
 
 
@@ -71,7 +71,7 @@ def _list(store: Store, name: str | None, config: Config) -> int:
         users = [u for u in users if u.name == name]
         if not users:
             print(f"rorfeed: no account named {name!r}", file=sys.stderr)
-            return EXIT_FAILED
+            return ExitCode.FAILED
     now = datetime.now(UTC)
     header = ["NAME", "ROLE", "STATE", "CREATED", "CHANGED"]
     rows = [
@@ -88,7 +88,7 @@ def _list(store: Store, name: str | None, config: Config) -> int:
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     print(f"{len(users)} account(s)", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def users(
@@ -114,7 +114,7 @@ def users(
         chosen_role = None if role is None else Role(role)
     except (_Usage, ValueError) as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         store = store or open_store(config.state_url)
         accounts = Accounts(store, hasher=hasher)
@@ -124,7 +124,7 @@ def users(
         if action == "disable":
             accounts.disable(name)
             print(f"account {name} disabled (its sessions end now)", file=sys.stderr)
-            return EXIT_OK
+            return ExitCode.OK
         if action == "add":
             check_name(name)
             if store.web_user(name) is not None:
@@ -132,7 +132,7 @@ def users(
             assert chosen_role is not None  # noqa: S101 - checked above
             accounts.add(name, chosen_role, read_password(password_file))
             print(f"account {name} created, role {chosen_role.value}", file=sys.stderr)
-            return EXIT_OK
+            return ExitCode.OK
         if store.web_user(name) is None:
             raise AccountError(f"no account named {name!r}")
         accounts.set_password(name, read_password(password_file), chosen_role)
@@ -141,13 +141,13 @@ def users(
             + (f", role {chosen_role.value}" if chosen_role else ""),
             file=sys.stderr,
         )
-        return EXIT_OK
+        return ExitCode.OK
     except _Usage as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except RorfeedError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except (KeyboardInterrupt, EOFError):
         print("\nrorfeed: interrupted: nothing changed", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED

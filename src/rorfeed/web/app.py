@@ -34,9 +34,11 @@ from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound
 from rorfeed.config import Config, WebSection
 from rorfeed.control import Control, ControlError
 from rorfeed.errors import StateError
+from rorfeed.listen import parse_listen
 from rorfeed.model import Mode
 from rorfeed.state import GLOBAL, AuditEntry, Store, UnitState, open_store
 from rorfeed.web.auth import Accounts, LoginOutcome, Role, password_fingerprint
+from rorfeed.wording import agreed
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
@@ -376,17 +378,12 @@ def _counts_filter(unit: UnitState) -> Markup:
         '<span class="valeurs"><span>{} {}</span> <span>{} {}</span> <span>{} {}</span></span>'
     ).format(
         c.installed,
-        _plural(c.installed, "installé"),
+        agreed(c.installed, "installé"),
         c.closed,
-        _plural(c.closed, "fermé"),
+        agreed(c.closed, "fermé"),
         c.available,
-        _plural(c.available, "disponible"),
+        agreed(c.available, "disponible"),
     )
-
-
-def _plural(n: int, word: str) -> str:
-    """French: 0 and 1 take the singular."""
-    return word if n <= 1 else word + "s"
 
 
 def _role_filter(role: Role | str) -> str:
@@ -822,11 +819,6 @@ def logout() -> Response:
 
 # ---------------------------------------------------------------------------------------------
 # Serving
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def make_server(config: Config, app: Flask, listen: str | None = None) -> Server:
