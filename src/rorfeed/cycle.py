@@ -32,7 +32,7 @@ from rorfeed.killswitch import (
 from rorfeed.mapping import Mapping, parse_mapping
 from rorfeed.model import Extraction, MappedUnit, Mode, Snapshot, SourceRow, UnitRecord
 from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
-from rorfeed.rules import RuleOptions, Verdict, check_unit
+from rorfeed.rules import Judge, RuleOptions, Verdict
 from rorfeed.sources import open_source
 from rorfeed.state import GLOBAL, FeedState, LedgerRow, Store
 from rorfeed.transports import open_transport
@@ -336,17 +336,16 @@ class Cycle:
         extraction: Extraction,
         cycle_time: datetime,
     ) -> dict[str, Verdict]:
-        options = rule_options(self.config)
+        judge = Judge(rule_options(self.config))
         now = self.clock()
         # Looked up once, not once per unit (the zone is built from its name at each lookup).
         zone, file_mtime = self.config.zone, extraction.file_mtime
         return {
-            u.ror_id: check_unit(
+            u.ror_id: judge(
                 rows.get(u.local_code, []),
                 u.ror_id,
                 now=now,
                 zone=zone,
-                options=options,
                 file_mtime=file_mtime,
                 previous_installed=states[u.ror_id].last_accepted_installed,
             )

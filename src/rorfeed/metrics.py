@@ -33,12 +33,7 @@ from sqlalchemy import func, select
 
 from rorfeed.errors import RorfeedError
 from rorfeed.model import Mode
-from rorfeed.rules import (
-    AVAILABLE_ABOVE_OPEN,
-    CLOSED_ABOVE_INSTALLED,
-    HARD_RULES,
-    INSTALLED_CHANGE,
-)
+from rorfeed.rules import HARD_RULES, WARNING_RULES
 from rorfeed.state import (
     DELIVERED,
     GLOBAL,
@@ -59,8 +54,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("rorfeed.metrics")
 
 MODES = tuple(m.value for m in Mode)
-# The rules that can let a record through with a warning (coherence = "warn" for the first two).
-WARNING_RULES = (CLOSED_ABOVE_INSTALLED, AVAILABLE_ABOVE_OPEN, INSTALLED_CHANGE)
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # An establishment's pivot files were written this cycle: the cycle succeeded for it.
 _SUCCESS = "ok"
