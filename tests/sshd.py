@@ -110,6 +110,7 @@ class Sshd:
     passphrase: str = PASSPHRASE
     keys: Path | None = None  # where the keys are (default: base/keys)
     sftp_subsystem: str = "internal-sftp"  # the `Subsystem sftp` command of the read-write port
+    extra_config: str = ""  # more sshd_config lines (e.g. `Ciphers 3des-cbc`)
     _dirs: Iterator[int] = field(default_factory=count, init=False)
 
     def __post_init__(self) -> None:
@@ -245,6 +246,7 @@ X11Forwarding no
 MaxStartups 100
 LogLevel VERBOSE
 Subsystem sftp {server.sftp_subsystem}
+{server.extra_config}
 Match LocalPort {server.readonly_port}
     ForceCommand internal-sftp -R
 """,
@@ -293,7 +295,12 @@ def _exclusive(lock: Path, seconds: float) -> Iterator[None]:
         os.close(fd)
 
 
-def _start(base: Path, keys: Path | None = None, sftp_subsystem: str = "internal-sftp") -> Sshd:
+def _start(
+    base: Path,
+    keys: Path | None = None,
+    sftp_subsystem: str = "internal-sftp",
+    extra_config: str = "",
+) -> Sshd:
     """Start sshd with its files under `base` (an empty folder) and its keys in `keys` (made
     there when missing; default `base/keys`); `SshdUnavailable` when it cannot."""
     if not SSHD.exists():
@@ -316,6 +323,7 @@ def _start(base: Path, keys: Path | None = None, sftp_subsystem: str = "internal
         user=user,
         keys=keys,
         sftp_subsystem=sftp_subsystem,
+        extra_config=extra_config,
     )
     assert server.keys is not None
     with _exclusive(server.keys.parent / f"{server.keys.name}.lock", 120):
@@ -381,15 +389,19 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
 
 @contextmanager
 def running_sshd(
-    base: Path, keys: Path | None = None, sftp_subsystem: str = "internal-sftp"
+    base: Path,
+    keys: Path | None = None,
+    sftp_subsystem: str = "internal-sftp",
+    extra_config: str = "",
 ) -> Iterator[Sshd]:
     """A real OpenSSH server with its files under `base` (an empty folder), stopped on exit.
 
     Its keys are read from `keys` (generated there when missing; default `base/keys`).
     `sftp_subsystem` is the `Subsystem sftp` command (e.g. a wrapper that logs every SFTP
-    operation). Raises `SshdUnavailable` when it cannot be started.
+    operation); `extra_config`, more lines of its configuration. Raises `SshdUnavailable` when
+    it cannot be started.
     """
-    server = _start(base, keys, sftp_subsystem)
+    server = _start(base, keys, sftp_subsystem, extra_config)
     try:
         yield server
     finally:

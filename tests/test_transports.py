@@ -26,7 +26,7 @@ from rorfeed.transports import DESTINATIONS, open_transport
 from rorfeed.transports.base import Session
 from rorfeed.transports.directory import DirectoryDestinationSection, DirectoryTransport
 from rorfeed.transports.sftp.client import SftpSession, SftpTransport
-from tests.sshd import Sshd
+from tests.sshd import Sshd, running_sshd
 
 pytestmark = pytest.mark.sshd
 
@@ -500,3 +500,30 @@ def test_open_transport_builds_each_kind_from_the_config(tmp_path: Path) -> None
 def test_session_type_is_what_open_returns(sshd: Sshd) -> None:
     with sftp(sshd, sshd.remote_dir()).open(10) as session:
         assert isinstance(session, SftpSession)
+
+
+# -- algorithms (SPEC §7) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offered", "refused"),
+    [
+        ("Ciphers 3des-cbc\nMACs hmac-md5", "cipher"),
+        ("Ciphers aes128-cbc,aes256-cbc", "cipher"),
+        ("MACs hmac-md5,hmac-sha1-96,hmac-md5-96", "mac"),
+    ],
+)
+def test_a_server_offering_only_weak_algorithms_is_refused(
+    sshd: Sshd, tmp_path: Path, offered: str, refused: str
+) -> None:
+    # The same keys and user as the session's server, weaker algorithms only.
+    assert sshd.keys is not None
+    (tmp_path / "weak").mkdir()
+    expected = f"offers no algorithm rorfeed accepts .*no acceptable {refused}"
+    with (
+        running_sshd(tmp_path / "weak", sshd.keys, extra_config=offered) as weak,
+        pytest.raises(TransportError, match=expected) as caught,
+    ):
+        sftp(weak, weak.remote_dir()).open(10)
+    assert f"127.0.0.1:{weak.port}" in str(caught.value)
+    assert list(weak.remote_dir().iterdir()) == []

@@ -59,8 +59,18 @@ _ALGORITHMS_OF_KEY_TYPE = {
     "ecdsa-sha2-nistp521": ("ecdsa-sha2-nistp521",),
     "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256"),
 }
-# SHA-1 RSA signatures are refused both ways, whatever the paramiko version (OpenSSH >= 8.8 too).
+# Only current algorithms, as OpenSSH 9 negotiates by default (SPEC §7), whatever the paramiko
+# version: no CBC cipher, no MD5 or truncated SHA-1 MAC, no SHA-1 key exchange, and SHA-1 RSA
+# signatures refused both ways. Named here rather than derived from paramiko's lists, so that a
+# paramiko upgrade cannot bring one back.
 _DISABLED = {
+    "ciphers": ["3des-cbc", "aes128-cbc", "aes192-cbc", "aes256-cbc", "blowfish-cbc"],
+    "macs": ["hmac-md5", "hmac-md5-96", "hmac-sha1-96"],
+    "kex": [
+        "diffie-hellman-group1-sha1",
+        "diffie-hellman-group14-sha1",
+        "diffie-hellman-group-exchange-sha1",
+    ],
     "keys": ["ssh-rsa", "ssh-rsa-cert-v01@openssh.com"],
     "pubkeys": ["ssh-rsa", "ssh-rsa-cert-v01@openssh.com"],
 }
@@ -568,6 +578,13 @@ def _translating(
                     " nothing)"
                 ) from exc
             raise TransportError(f"{where}: {what}: not an SSH server ({exc})") from exc
+        if isinstance(exc, IncompatiblePeer) and "no acceptable" in str(exc):
+            raise TransportError(
+                f"{where}: {what}: the server offers no algorithm rorfeed accepts ({exc});"
+                " rorfeed refuses CBC ciphers, MD5 and truncated SHA-1 MACs, SHA-1 key exchange"
+                " and SHA-1 RSA signatures — the server must offer current ones (OpenSSH 9's"
+                " defaults)"
+            ) from exc
         if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
             raise RemoteRefused(f"{where}: {what}: permission denied by the server") from exc
         detail = str(exc) or type(exc).__name__
