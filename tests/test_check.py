@@ -243,6 +243,6 @@ def test_invalid_mapping_lists_each_problem_and_the_source_is_still_checked(
 ) -> None:
     (site.root / "mapping.csv").write_text(MAPPING + "REA;52/600;Doublon;auto\n", "utf-8")
     code, lines, _ = site.check(capsys)
-    assert code == 1
+    assert code == 2  # a configuration error, as run-once and serve treat it (SPEC §2, §4)
     assert "local code REA already mapped on line 2" in only(lines, "FAIL ")
     assert "source: 2 rows" in only(lines, "OK   750712184 Hôpital Test: source")

@@ -207,3 +207,62 @@ def test_shipped_example_is_a_valid_configuration_model() -> None:
 def test_demo_configuration_is_valid() -> None:
     config = load(ROOT / "config" / "demo.toml")
     assert config.file.destinations[0].formats == ["xml", "json", "csv"]
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escaped", "-sesan", "a.b", "a b", "sésan", "x" * 65, "a/b", "a\\\\b"]
+)
+def test_a_destination_name_that_is_not_a_plain_folder_name_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    text = MINIMAL.replace('name = "out"', f'name = "{name}"')
+    as_read = tomllib.loads(f'n = "{name}"')["n"]
+    found = problems_of(write_config(tmp_path, text))
+    assert [p for p in found if "destinations[0].name" in p] == [
+        f'rorfeed.toml: destinations[0].name: "{as_read}" — 1 to 64 letters, digits, "_" or "-",'
+        ' not starting with "-" (it names folders of the work directory)'
+    ]
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.mark.parametrize("name", ["sesan", "ARS_idf-test-2", "x" * 64, "_x"])
+def test_plain_destination_names_are_accepted(tmp_path: Path, name: str) -> None:
+    load(write_config(tmp_path, MINIMAL.replace('name = "out"', f'name = "{name}"')))
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "..\\\\{finess}_{timestamp}.{ext}",
+        "a\\\\b_{finess}_{timestamp}.{ext}",
+        "{finess}_{timestamp}\\u001b.{ext}",
+        ".{finess}_{timestamp}.{ext}",
+        "x/{finess}_{timestamp}.{ext}",
+    ],
+)
+def test_a_file_name_template_that_is_not_a_plain_file_name_is_refused(
+    tmp_path: Path, template: str
+) -> None:
+    text = MINIMAL.replace('kind = "directory"', f'kind = "directory"\nfile_name = "{template}"')
+    found = problems_of(write_config(tmp_path, text))
+    assert len(found) == 1 and found[0].startswith("rorfeed.toml: destinations[0].file_name: ")
+    assert "must be a plain file name" in found[0] and found[0].isprintable()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ('=HYPERLINK(\\"http://x\\")', 'begins with "="'),
+        ("@SUM(A1)", 'begins with "@"'),
+        ("+33 Hôpital", 'begins with "+"'),
+        ("Hôpital\\u001b[31m", r"holds a control character (\x1b)"),
+    ],
+)
+def test_an_establishment_name_a_spreadsheet_or_terminal_would_run_is_refused(
+    tmp_path: Path, name: str, expected: str
+) -> None:
+    text = MINIMAL.replace('name = "Hôpital Test"', f'name = "{name}"')
+    assert text != MINIMAL
+    found = problems_of(write_config(tmp_path, text))
+    assert len(found) == 1 and found[0].startswith("rorfeed.toml: establishments[0].name: ")
+    assert expected in found[0] and found[0].isprintable()

@@ -92,3 +92,40 @@ def test_referential_comparison(tmp_path: Path) -> None:
     report = compare_referential(mapping, parse_referential(ref))
     assert report.not_in_referential == ["R2"]
     assert report.not_mapped == ["R3"]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('A;=HYPERLINK("http://x");Réa', 'ror_id "=HYPERLINK("http://x")" begins with "="'),
+        ("A;@SUM(A1);Réa", 'begins with "@"'),
+        ("A;+33;Réa", 'begins with "+"'),
+        ("A;-1;Réa", 'begins with "-"'),
+        ("A;R1;=1+1", 'label "=1+1" begins with "="'),
+        ("A;R1;-Réa", 'label "-Réa" begins with "-"'),
+        ("A;R1;\x1b[2J\x1b[31mRéa", r'label "\x1b[2J\x1b[31mRéa" holds a control character (\x1b)'),
+        ("A\x07;R1;Réa", r"local_code"),
+        ("A;R\x9b1;Réa", r"ror_id"),
+        ('A;R1;"Ré\na"', r"holds a control character (\n)"),
+    ],
+)
+def test_a_value_a_spreadsheet_or_a_terminal_would_run_is_refused_with_its_line(
+    tmp_path: Path, line: str, expected: str
+) -> None:
+    with pytest.raises(MappingError) as info:
+        parse_mapping(write(tmp_path, f"local_code;ror_id;label\nB;R0;ok\n{line}\n"))
+    assert len(info.value.problems) == 1
+    problem = info.value.problems[0]
+    assert problem.startswith(f"{tmp_path / 'mapping.csv'}:3: ")
+    assert expected in problem
+    assert problem.isprintable()
+
+
+def test_a_dash_or_an_at_sign_inside_a_value_or_a_local_code_starting_with_dash_is_fine(
+    tmp_path: Path,
+) -> None:
+    mapping = parse_mapping(
+        write(tmp_path, "local_code;ror_id;label\n-12;75/1;Réa - adultes @ N2\n")
+    )
+    (unit,) = mapping.units
+    assert (unit.local_code, unit.ror_id, unit.label) == ("-12", "75/1", "Réa - adultes @ N2")

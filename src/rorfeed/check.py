@@ -20,6 +20,7 @@ import sys
 
 from rorfeed.config import Config
 from rorfeed.errors import MappingError, RorfeedError
+from rorfeed.exit_codes import ExitCode
 from rorfeed.mapping import Mapping, compare_referential, parse_mapping, parse_referential
 from rorfeed.model import Mode
 from rorfeed.outbox import one_line
@@ -32,6 +33,9 @@ class _Printer:
     def __init__(self) -> None:
         self.failures = 0
         self.warnings = 0
+        # Failures that are the configuration's (a mapping that is not one-to-one): exit 2, as
+        # `run-once` and `serve` treat them (SPEC §2, §4).
+        self.config_errors = 0
 
     def ok(self, what: str, detail: str) -> None:
         self._print("OK  ", what, detail)
@@ -50,7 +54,8 @@ class _Printer:
 
 
 def run_checks(config: Config) -> int:
-    """Run every check; return 0 when all pass (warnings allowed), else 1."""
+    """Run every check; return 0 when all pass (warnings allowed), 2 when a mapping is
+    invalid (a configuration error), else 1."""
     out = _Printer()
     n_est, n_dest = len(config.file.establishments), len(config.file.destinations)
     out.ok(
@@ -80,12 +85,12 @@ def run_checks(config: Config) -> int:
             f" {counted_en(out.warnings, 'warning')} (see the FAIL lines)",
             file=sys.stderr,
         )
-        return 1
+        return ExitCode.USAGE if out.config_errors else ExitCode.FAILED
     print(
         f"rorfeed: check passed ({counted_en(out.warnings, 'warning')})",
         file=sys.stderr,
     )
-    return 0
+    return ExitCode.OK
 
 
 def _check_mapping(config: Config, index: int, what: str, out: _Printer) -> Mapping | None:
@@ -93,6 +98,7 @@ def _check_mapping(config: Config, index: int, what: str, out: _Printer) -> Mapp
     try:
         mapping = parse_mapping(config.resolve(est.mapping))
     except MappingError as exc:
+        out.config_errors += 1
         for problem in exc.problems:
             out.fail(f"{what}: mapping", problem)
         return None

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, ValidationError
 
-from rorfeed.errors import ConfigError
+from rorfeed.errors import ConfigError, shown
 from rorfeed.listen import listen_problem
+from rorfeed.safe_text import control_character, unsafe_problem
 from rorfeed.sections import READABLE, DestinationCommon, ReadableFile, SourceCommon, Strict
 from rorfeed.sources import SOURCES
 from rorfeed.transports import DESTINATIONS
@@ -186,6 +187,8 @@ def state_url_of(daemon: DaemonSection, base_dir: Path) -> str:
 
 _FINESS_RE = re.compile(r"^(\d{2}|2A|2B)\d{7}$")
 _PLACEHOLDERS = {"finess", "timestamp", "ext"}
+# A destination's name names folders of the work directory (SPEC §3): ASCII only, no dot.
+_DESTINATION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 
 def finess_problem(finess: str, check: str) -> str | None:
@@ -362,6 +365,9 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
         bad = finess_problem(est.finess, est.finess_check)
         if bad:
             problems.append(f"{key}.finess: {bad}")
+        unsafe = unsafe_problem(est.name)
+        if unsafe:
+            problems.append(f'{key}.name: "{shown(est.name)}" {unsafe}')
         if est.finess in seen_finess:
             problems.append(
                 f"{key}.finess: {est.finess} is already establishments[{seen_finess[est.finess]}]"
@@ -373,6 +379,11 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
     seen_dest: set[str] = set()
     for i, dest in enumerate(f.destinations):
         key = f"destinations[{i}]"
+        if not _DESTINATION_NAME.fullmatch(dest.name):
+            problems.append(
+                f'{key}.name: "{shown(dest.name)}" — 1 to 64 letters, digits, "_" or "-", not'
+                ' starting with "-" (it names folders of the work directory)'
+            )
         if dest.name in seen_dest:
             problems.append(f'{key}.name: "{dest.name}" is used twice — names must be unique')
         seen_dest.add(dest.name)
@@ -415,8 +426,16 @@ def template_problems(template: str, *, single: bool) -> list[str]:
         for p in needed
         if p not in found
     )
-    if "/" in template or template.startswith("."):
-        problems.append(f'"{template}": must be a plain file name (no "/", no leading ".")')
+    if (
+        "/" in template
+        or "\\" in template
+        or template.startswith(".")
+        or control_character(template) is not None
+    ):
+        problems.append(
+            f'"{shown(template)}": must be a plain file name (no "/", no backslash, no control'
+            ' character, no leading ".")'
+        )
     return problems
 
 

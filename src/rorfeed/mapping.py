@@ -2,7 +2,8 @@
 
 The mapping CSV is `local_code;ror_id;label[;mode]` (UTF-8, BOM tolerated, `;` or `,`).
 It must be one-to-one: a local code or a ROR id appearing twice is an error naming both lines.
-ROR ids are opaque strings (they may hold `/`), compared exactly and sorted as text.
+ROR ids are opaque strings (they may hold `/`), compared exactly and sorted as text. A value
+that a spreadsheet or a terminal would execute is refused with its line (`safe_text`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from rorfeed.errors import MappingError, shown
 from rorfeed.model import MappedUnit, Mode
+from rorfeed.safe_text import unsafe_problem
 
 COLUMNS = ("local_code", "ror_id", "label")
 HEADER_HINT = "local_code;ror_id;label[;mode]"
@@ -77,8 +79,10 @@ def parse_mapping(path: Path) -> Mapping:
     ror_seen: dict[str, int] = {}
     # Looked up once: an enum's value is a descriptor call, three per line of a large mapping.
     modes, auto = {mode.value: mode for mode in (Mode.AUTO, Mode.MANUAL)}, Mode.AUTO.value
+    end = reader.line_num
     for row in reader:
-        line = reader.line_num
+        # The line a record starts on: a quoted cell may hold line breaks.
+        line, end = end + 1, reader.line_num
         if not "".join(row).strip():  # a blank line, or only empty fields
             continue
         if len(row) != len(header):
@@ -94,6 +98,18 @@ def parse_mapping(path: Path) -> Mapping:
             continue
         if not ror_id:
             problems.append(f"{path}:{line}: empty ror_id")
+            continue
+        unsafe = [
+            f'{path}:{line}: {column} "{shown(value)}" {bad}'
+            for column, value, formula in (
+                ("local_code", local_code, False),
+                ("ror_id", ror_id, True),
+                ("label", label, True),
+            )
+            if (bad := unsafe_problem(value, formula=formula))
+        ]
+        if unsafe:
+            problems.extend(unsafe)
             continue
         if not local_code and mode is Mode.AUTO:
             problems.append(
