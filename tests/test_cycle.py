@@ -302,3 +302,29 @@ def test_two_runs_in_the_same_second_do_not_collide(site: Path) -> None:
     assert run(site, "run-once") == 0
     assert run(site, "run-once") == 0
     assert len(delivered(site)) == 6
+
+
+def test_every_file_and_folder_rorfeed_creates_is_its_owners_only_whatever_the_umask(
+    site: Path,
+) -> None:
+    # SPEC §10.3: the state store holds the page's signing key and the password hashes. Run
+    # from a shell with the common umask 022, as a person would.
+    def rorfeed(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "rorfeed", "--config", str(site / "rorfeed.toml"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            preexec_fn=lambda: os.umask(0o022),  # the shell's umask, in the child only
+        )
+        assert done.returncode == 0, done.stderr
+
+    rorfeed("run-once")
+    rorfeed("run-once", "--dry-run", "--output", str(site / "dry"))
+    created = [site / "work", site / "dry", *(site / "work").rglob("*"), *(site / "dry").rglob("*")]
+    created += list((site / "depot").iterdir())
+    assert any(p.name == "state.db" for p in created)
+    assert any(p.suffix == ".xml" for p in (site / "depot").iterdir())
+    loose = {str(p.relative_to(site)): oct(p.stat().st_mode & 0o777) for p in created}
+    assert {p: m for p, m in loose.items() if m not in ("0o600", "0o700")} == {}

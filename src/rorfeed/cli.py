@@ -111,6 +111,10 @@ def _is_emergency(args: argparse.Namespace) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Every file and folder rorfeed creates is its owner's only (SPEC §10.3), whatever the umask
+    # of the shell that runs it: the state store holds the page's signing key and the password
+    # hashes, the outbox the files about to be sent. The systemd units say UMask=0077 too.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     # Imported after parsing: `rorfeed --help` must not pay for pydantic and structlog.
     from rorfeed import config as config_mod

@@ -144,20 +144,17 @@ def test_any_mapping_file_gives_a_mapping_or_an_error_naming_the_file(
 
 @st.composite
 def mapping_rows(draw: st.DrawFn) -> list[tuple[str, str, str, str]]:
-    cell = (
-        st.text(
-            alphabet=st.characters(codec="utf-8", exclude_characters="\r\n\x00"),
-            min_size=1,
-            max_size=12,
-        )
-        .map(str.strip)
-        .filter(bool)
-    )
+    # Well-formed: no control character anywhere, no ROR id or label a spreadsheet would run
+    # as a formula (SPEC §4; refusing those is tested in tests/test_mapping.py).
+    printable = st.characters(codec="utf-8", exclude_categories=("Cc",))
+    cell = st.text(alphabet=printable, min_size=1, max_size=12).map(str.strip).filter(bool)
+    not_formula = cell.filter(lambda s: not s.startswith(("=", "+", "-", "@")))
     n = draw(st.integers(0, 12))
     codes = draw(st.lists(cell, min_size=n, max_size=n, unique=True))
-    ids = draw(st.lists(cell, min_size=n, max_size=n, unique=True))
-    # A lone "\r" in a cell is not quoted by Python's csv writer (nor read back): no "\r".
-    label = st.text(max_size=15).map(lambda s: s.replace("\x00", "").replace("\r", ""))
+    ids = draw(st.lists(not_formula, min_size=n, max_size=n, unique=True))
+    label = st.text(alphabet=printable, max_size=15).filter(
+        lambda s: not s.strip().startswith(("=", "+", "-", "@"))
+    )
     labels = draw(st.lists(label, min_size=n, max_size=n))
     mode = st.sampled_from(["auto", "manual", "AUTO", " Manual "])
     modes = draw(st.lists(mode, min_size=n, max_size=n))
