@@ -33,15 +33,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from rorfeed import logging as rlog
 from rorfeed.config import Config, load
 from rorfeed.cycle import CycleReport
-from rorfeed.daemon import (
-    CycleRunner,
-    Daemon,
-    make_trigger,
-    missed_run,
-    previous_fire_time,
-    serve,
-)
+from rorfeed.cycle_runner import CycleRunner
+from rorfeed.daemon import Daemon, serve
 from rorfeed.errors import ConfigError, SourceError
+from rorfeed.schedule import make_trigger, missed_run, previous_fire_time
 from rorfeed.state import Store, open_store
 from rorfeed.systemd import Notifier
 from tests.sites import FINESS, directory_destination, mapping_csv, site_toml, write_site
@@ -528,8 +523,8 @@ def test_daemon_notifies_ready_watchdog_status_and_stopping(
 def test_metrics_answer_on_listen_and_can_be_disabled(tmp_path: Path) -> None:
     daemon = daemon_for(make_site(tmp_path), trigger=never())
     with running(daemon):
-        assert daemon.metrics_address is not None
-        host, port = daemon.metrics_address
+        assert daemon.metrics_endpoint.address is not None
+        host, port = daemon.metrics_endpoint.address
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
             body = resp.read().decode()
         assert f'rorfeed_units{{finess="{FINESS}",mode="auto"}} 0.0' in body
@@ -538,7 +533,7 @@ def test_metrics_answer_on_listen_and_can_be_disabled(tmp_path: Path) -> None:
     off.mkdir()
     daemon = daemon_for(make_site(off, listen=""), trigger=never())
     with running(daemon):
-        assert daemon.metrics_address is None
+        assert daemon.metrics_endpoint.address is None
 
 
 def test_serve_exits_2_on_an_invalid_config_before_starting_anything(

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from rorfeed.errors import ConfigError, shown
 from rorfeed.listen import listen_problem
 from rorfeed.safe_text import control_character, unsafe_problem
+from rorfeed.schedule import schedule_problem
 from rorfeed.sections import READABLE, DestinationCommon, ReadableFile, SourceCommon, Strict
 from rorfeed.sources import SOURCES
 from rorfeed.transports import DESTINATIONS
@@ -350,7 +351,7 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
             f'daemon.timezone: found "{f.daemon.timezone}", expected an IANA zone such as '
             '"Europe/Paris"'
         )
-    cron_problem = _cron_problem(f.daemon.schedule)
+    cron_problem = schedule_problem(f.daemon.schedule)
     if cron_problem:
         problems.append(f"daemon.schedule: {cron_problem}")
     for listen_key, listen in (("metrics.listen", f.metrics.listen),) + (
@@ -437,33 +438,6 @@ def template_problems(template: str, *, single: bool) -> list[str]:
             ' character, no leading ".")'
         )
     return problems
-
-
-_CRON_FIELDS = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day", 1, 31),
-    ("month", 1, 12),
-    ("weekday", 0, 7),
-)
-
-
-def _cron_problem(expr: str) -> str | None:
-    """Validate the five-field cron syntax without importing the scheduler (CLI start time)."""
-    parts = expr.split()
-    if len(parts) != 5:
-        return f'found "{expr}", expected 5 fields: minute hour day month weekday'
-    for (fname, lo, hi), part in zip(_CRON_FIELDS, parts, strict=True):
-        for item in part.split(","):
-            m = re.fullmatch(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?", item)
-            if not m or (m.group(4) is not None and int(m.group(4)) == 0):
-                return f'found "{expr}": {fname} field "{part}" is not valid cron syntax'
-            for num in (m.group(2), m.group(3)):
-                if num is not None and not lo <= int(num) <= hi:
-                    return f'found "{expr}": {fname} {num} is outside {lo}-{hi}'
-            if m.group(3) is not None and int(m.group(2)) > int(m.group(3)):
-                return f'found "{expr}": {fname} range "{item}" runs backwards'
-    return None
 
 
 def config_path(cli_value: str | None) -> Path:

@@ -13,6 +13,9 @@ Threads:
   twice nor after a newer one;
 - prometheus-client's HTTP server answers `/metrics` on `metrics.listen`.
 
+The cron grammar is `rorfeed.schedule`, the runner `rorfeed.cycle_runner`, the endpoint
+`rorfeed.metrics_endpoint`; this module is the process's life: start, signals, reload, stop.
+
 A scheduled cycle's time is its scheduled fire time, in UTC. The job computes it with the
 trigger's own arithmetic as the latest fire time not after now — exactly the run time
 APScheduler coalesced to.
@@ -35,7 +38,6 @@ the state store and the delivery ledger are crash-safe. The unit's `TimeoutStopS
 from __future__ import annotations
 
 import contextlib
-import re
 import secrets
 import select
 import signal
@@ -44,7 +46,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,14 +56,14 @@ import structlog
 from rorfeed import config as config_mod
 from rorfeed import heap
 from rorfeed import logging as rlog
+from rorfeed.cycle_runner import CycleRunner
 from rorfeed.errors import ConfigError, RorfeedError, StateError
 from rorfeed.exit_codes import ExitCode
-from rorfeed.listen import parse_listen
+from rorfeed.metrics_endpoint import MetricsEndpoint
+from rorfeed.schedule import Trigger, missed_run, previous_fire_time, schedule_trigger
 from rorfeed.systemd import Notifier
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client import CollectorRegistry
 
     from rorfeed.config import Config
@@ -78,206 +80,12 @@ CYCLE_STALL_SECONDS = 3600.0
 CYCLE_JOB = "cycle"
 WATCHDOG_JOB = "watchdog"
 
-Trigger = Any  # an APScheduler 3 trigger (the library ships no type hints)
-
 
 class CycleLike(Protocol):
     def run(self, cycle_time: datetime) -> CycleReport: ...
 
 
 CycleFactory = Callable[["Config", "Store"], CycleLike]
-
-
-# ---------------------------------------------------------------------------------------------
-# Schedule
-
-
-_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_CRON_ITEM = re.compile(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?")
-
-
-def _weekdays(field: str) -> str:
-    """A cron weekday field (0 or 7 = Sunday) as APScheduler 3 day names.
-
-    APScheduler 3 numbers weekdays from 0 = Monday, even in `CronTrigger.from_crontab`: giving
-    it cron's numbers would shift every weekday by one. Names are unambiguous.
-    """
-    days: set[int] = set()
-    for item in field.split(","):
-        m = _CRON_ITEM.fullmatch(item)
-        if m is None:
-            raise ValueError(f'weekday field "{field}" is not valid cron syntax')
-        step = int(m.group(4) or 1)
-        if m.group(1) == "*":
-            lo, hi = 0, 6
-        else:
-            lo = int(m.group(2))
-            hi = int(m.group(3)) if m.group(3) is not None else (7 if m.group(4) else lo)
-        if lo > hi or hi > 7:
-            raise ValueError(f'weekday field "{field}": range {lo}-{hi} is not within 0-7')
-        days.update(d % 7 for d in range(lo, hi + 1, step))
-    return ",".join(_CRON_WEEKDAYS[d] for d in sorted(days))
-
-
-def make_trigger(schedule: str, zone: tzinfo) -> Trigger:
-    """APScheduler trigger of a five-field cron expression, with cron's own semantics.
-
-    Two differences from `CronTrigger.from_crontab` are corrected: weekday numbers (see
-    `_weekdays`), and cron's rule that when both the day of month and the weekday are
-    restricted, a time matching *either* fires. Raises ValueError on an invalid expression.
-    """
-    from apscheduler.triggers.combining import OrTrigger  # type: ignore[import-untyped]
-    from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
-
-    fields = schedule.split()
-    if len(fields) != 5:
-        raise ValueError(f'"{schedule}": expected 5 fields: minute hour day month weekday')
-    minute, hour, day, month, weekday = fields
-    dow = "*" if weekday == "*" else _weekdays(weekday)
-
-    def cron(day: str, dow: str) -> Trigger:
-        return CronTrigger(
-            minute=minute, hour=hour, day=day, month=month, day_of_week=dow, timezone=zone
-        )
-
-    if not day.startswith("*") and not weekday.startswith("*"):
-        return OrTrigger([cron(day, "*"), cron("*", dow)])
-    return cron(day, dow)
-
-
-def schedule_trigger(config: Config) -> Trigger:
-    """The configuration's schedule; an expression APScheduler refuses is a ConfigError."""
-    try:
-        return make_trigger(config.file.daemon.schedule, config.zone)
-    except ValueError as exc:
-        raise ConfigError([f"{config.path.name}: daemon.schedule: {exc}"]) from None
-
-
-# Enough to find the previous fire time of any cron schedule, the 29th of February included.
-_LOOKBACK = (
-    timedelta(hours=1),
-    timedelta(days=1),
-    timedelta(days=32),
-    timedelta(days=367),
-    timedelta(days=8 * 366),
-)
-
-
-def previous_fire_time(trigger: Trigger, now: datetime) -> datetime | None:
-    """The latest fire time of `trigger` not after `now` (None if there is none), in UTC.
-
-    Computed forward with the trigger's own arithmetic from a point far enough back, so that
-    daylight-saving changes are handled exactly as the scheduler handles them.
-    """
-    # In UTC: arithmetic and comparisons of datetimes sharing a zone are wall-clock ones,
-    # which the repeated autumn hour would fool.
-    now = now.astimezone(UTC)
-    for back in _LOOKBACK:
-        fire: datetime | None = trigger.get_next_fire_time(None, now - back)
-        if fire is None or fire.astimezone(UTC) > now:
-            continue
-        while True:
-            following: datetime | None = trigger.get_next_fire_time(fire, fire)
-            if following is None or following.astimezone(UTC) > now:
-                return fire.astimezone(UTC)
-            fire = following
-    return None
-
-
-def missed_run(trigger: Trigger, last_cycle: datetime | None, now: datetime) -> datetime | None:
-    """The fire time to catch up at start, if any (SPEC §9).
-
-    A run was missed when the state's last cycle is older than the schedule's previous fire
-    time; a fresh state (`last_cycle` None) has missed nothing. Only the latest missed run is
-    caught up, once.
-    """
-    if last_cycle is None:
-        return None
-    previous = previous_fire_time(trigger, now)
-    if previous is None or last_cycle.astimezone(UTC) >= previous:
-        return None
-    return previous
-
-
-# ---------------------------------------------------------------------------------------------
-# One cycle at a time
-
-
-class CycleRunner:
-    """Runs `run(cycle_time)` in a worker thread, one at a time, each fire time at most once."""
-
-    def __init__(self, run: Callable[[datetime], None]) -> None:
-        self._run = run
-        self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._running: datetime | None = None
-        self._since: float | None = None
-        self._pending: datetime | None = None
-        self._last: datetime | None = None
-        self._closed = False
-
-    def submit(self, cycle_time: datetime) -> str:
-        """Start, defer or skip a cycle; returns "started", "deferred", "skipped" or "closed"."""
-        cycle_time = cycle_time.astimezone(UTC)
-        with self._lock:
-            if self._closed:
-                return "closed"
-            known = [t for t in (self._last, self._running, self._pending) if t is not None]
-            if known and cycle_time <= max(known):
-                log.warning(
-                    "cycle_skipped",
-                    cycle_time=cycle_time.isoformat(),
-                    reason="a cycle of this time or a later one already ran or is due",
-                )
-                return "skipped"
-            if self._running is not None:
-                if self._pending is not None:
-                    log.warning("cycle_coalesced", dropped=self._pending.isoformat())
-                self._pending = cycle_time
-                log.warning(
-                    "cycle_deferred",
-                    cycle_time=cycle_time.isoformat(),
-                    running=self._running.isoformat(),
-                )
-                return "deferred"
-            self._running, self._since = cycle_time, time.monotonic()
-            self._idle.clear()
-        threading.Thread(
-            target=self._work, args=(cycle_time,), name="rorfeed-cycle", daemon=True
-        ).start()
-        return "started"
-
-    def _work(self, cycle_time: datetime) -> None:
-        current: datetime | None = cycle_time
-        while current is not None:
-            try:
-                self._run(current)
-            except Exception:  # `run` logs its own errors: this only keeps the runner alive
-                log.exception("cycle_runner_error", cycle_time=current.isoformat())
-            with self._lock:
-                self._last = current
-                current, self._pending = (None if self._closed else self._pending), None
-                self._running = current
-                self._since = None if current is None else time.monotonic()
-                if current is None:
-                    self._idle.set()
-
-    def running_for(self) -> float | None:
-        """Seconds the running cycle has been running, None when idle."""
-        since = self._since
-        return None if since is None else time.monotonic() - since
-
-    def close(self) -> None:
-        """Accept no more cycles; a waiting one is dropped."""
-        with self._lock:
-            self._closed = True
-            if self._pending is not None:
-                log.warning("cycle_dropped_at_stop", cycle_time=self._pending.isoformat())
-            self._pending = None
-
-    def wait_idle(self, timeout: float) -> bool:
-        return self._idle.wait(timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,10 +151,9 @@ class Daemon:
         self.stop_grace = stop_grace
         self.runner = CycleRunner(self._run_cycle)
         self.ready = threading.Event()
-        self.metrics_address: tuple[str, int] | None = None
         self._lock = threading.Lock()
         self._scheduler: Any = None
-        self._server: WSGIServer | None = None
+        self.metrics_endpoint = MetricsEndpoint(self.registry)
         self._stall_logged = False
         self._stop_signal: int | None = None
         self._reload_requested = False
@@ -434,7 +241,7 @@ class Daemon:
             state=_display_state_url(config.state_url),
         )
         listen = config.file.metrics.listen
-        error = self._try_metrics_server(listen)
+        error = self.metrics_endpoint.try_start(listen)
         if error:
             raise _StartError(
                 f"{config.path.name}: metrics.listen: cannot listen on {listen}: {error}"
@@ -476,7 +283,7 @@ class Daemon:
         next_run = self._next_run()
         self.notifier.ready(f"waiting; next cycle {next_run}")
         self.notifier.watchdog()
-        log.info("ready", next_cycle=next_run, metrics=self._metrics_url())
+        log.info("ready", next_cycle=next_run, metrics=self.metrics_endpoint.url)
         self.ready.set()
 
         last = history[0].cycle_time if history else None
@@ -509,7 +316,7 @@ class Daemon:
                 grace_seconds=self.stop_grace,
                 detail="the cycle did not finish in time; the next start settles its deliveries",
             )
-        self._stop_metrics_server()
+        self.metrics_endpoint.stop()
         log.info("stopped", signal=name)
         return ExitCode.OK
 
@@ -630,8 +437,8 @@ class Daemon:
             self._scheduler.reschedule_job(CYCLE_JOB, trigger=trigger)
         self.metrics.set_config(new, store)
         if new.file.metrics.listen != old.file.metrics.listen:
-            self._stop_metrics_server()
-            error = self._try_metrics_server(new.file.metrics.listen)
+            self.metrics_endpoint.stop()
+            error = self.metrics_endpoint.try_start(new.file.metrics.listen)
             if error:
                 log.error(
                     "metrics_listen_failed",
@@ -649,38 +456,6 @@ class Daemon:
         )
 
     # -- metrics server -----------------------------------------------------------------------
-
-    def _start_metrics_server(self, listen: str) -> None:
-        from prometheus_client import start_http_server
-
-        if not listen:
-            log.info("metrics_disabled")
-            return
-        host, port = parse_listen(listen)
-        server, _thread = start_http_server(port, host, registry=self.registry)
-        self._server = server
-        self.metrics_address = (host, int(server.server_address[1]))
-        log.info("metrics_listening", url=self._metrics_url(), port=self.metrics_address[1])
-
-    def _try_metrics_server(self, listen: str) -> str | None:
-        try:
-            self._start_metrics_server(listen)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        return None
-
-    def _stop_metrics_server(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-            self.metrics_address = None
-
-    def _metrics_url(self) -> str | None:
-        if self.metrics_address is None:
-            return None
-        host, port = self.metrics_address
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
 
 def _display_state_url(url: str) -> str:

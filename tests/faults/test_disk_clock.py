@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from rorfeed.cycle import Cycle
-from rorfeed.daemon import make_trigger, previous_fire_time
+from rorfeed.schedule import make_trigger, previous_fire_time
 from rorfeed.state import DELIVERED
 from tests.faults.harness import (
     DaemonCycle,

@@ -146,7 +146,7 @@ def test_any_mapping_file_gives_a_mapping_or_an_error_naming_the_file(
 def mapping_rows(draw: st.DrawFn) -> list[tuple[str, str, str, str]]:
     # Well-formed: no control character anywhere, no ROR id or label a spreadsheet would run
     # as a formula (SPEC §4; refusing those is tested in tests/test_mapping.py).
-    printable = st.characters(codec="utf-8", exclude_categories=("Cc",))
+    printable = st.characters(codec="utf-8", exclude_categories=["Cc"])
     cell = st.text(alphabet=printable, min_size=1, max_size=12).map(str.strip).filter(bool)
     not_formula = cell.filter(lambda s: not s.startswith(("=", "+", "-", "@")))
     n = draw(st.integers(0, 12))

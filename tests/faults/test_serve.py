@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from rorfeed.cycle import Cycle
-from rorfeed.daemon import make_trigger, previous_fire_time
+from rorfeed.schedule import make_trigger, previous_fire_time
 from tests.faults.harness import (
     Child,
     SftpLog,
