@@ -37,8 +37,8 @@ import structlog
 
 from rorfeed.config import Config, NotifySection
 from rorfeed.errors import StateError
-from rorfeed.model import BedCounts, KillswitchEvent, Mode, UnitModeEvent, UnitRef
-from rorfeed.state import ACTOR_RORFEED, EmailRow, Store
+from rorfeed.model import ACTOR_RORFEED, BedCounts, KillswitchEvent, Mode, UnitModeEvent, UnitRef
+from rorfeed.state import EmailRow, Store
 from rorfeed.wording import counted
 
 log = structlog.get_logger("rorfeed.notify")
