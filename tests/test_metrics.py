@@ -14,10 +14,11 @@ from sqlalchemy import create_engine, insert
 from rorfeed.config import Config, load
 from rorfeed.cycle import CycleReport, EstablishmentReport
 from rorfeed.metrics import Metrics, exposed_metrics
-from rorfeed.model import BedCounts, MappedUnit, Mode
+from rorfeed.model import GLOBAL, BedCounts, MappedUnit, Mode
 from rorfeed.outbox import DeliveryReport
 from rorfeed.rules import HARD_RULES
-from rorfeed.state import GLOBAL, CycleRow, Store, establishments_t, open_store
+from rorfeed.state import CycleRow, Store, open_store
+from rorfeed.state.schema import establishments_t
 
 ROOT = Path(__file__).resolve().parent.parent
 A, B = "750712184", "130783236"
@@ -189,8 +190,8 @@ def test_state_metrics_are_read_from_the_store_at_scrape_time(
     )
     store.sync_mapping(A, units, now)
     store.sync_mapping(A, units[:2], now)  # CHI leaves the mapping: not counted any more
-    with store.tx() as conn:
-        conn.execute(insert(establishments_t).values(finess=GLOBAL, killswitch=True))
+    with store.tx() as tx:
+        tx.conn.execute(insert(establishments_t).values(finess=GLOBAL, killswitch=True))
     store.source_unreachable(B, down=True)
     store.source_unreachable(B, down=True)
     snap = store.add_snapshot_once(A, now, {"52/100": BedCounts(10, 1, 2)})

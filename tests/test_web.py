@@ -36,8 +36,8 @@ from werkzeug.test import TestResponse
 
 from rorfeed.cli import main
 from rorfeed.config import Config, load
-from rorfeed.model import Mode
-from rorfeed.state import GLOBAL, Store, open_store
+from rorfeed.model import GLOBAL, Mode
+from rorfeed.state import Store, open_store
 from rorfeed.web.accounts_cli import users
 from rorfeed.web.app import create_app, make_server
 from rorfeed.web.auth import AccountError, Accounts, Role

@@ -337,7 +337,7 @@ def _iso(value: datetime | None, config: Config) -> str | None:
 
 
 def _status(config: Config, as_json: bool) -> int:
-    from rorfeed.state import GLOBAL
+    from rorfeed.model import GLOBAL
 
     store = _open_store(config)
     cycles = [

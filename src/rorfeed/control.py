@@ -16,9 +16,9 @@ import structlog
 
 from rorfeed.config import Config
 from rorfeed.errors import RorfeedError
-from rorfeed.model import KillswitchEvent, Mode, UnitModeEvent, UnitRef
+from rorfeed.model import ACTOR_RORFEED, GLOBAL, KillswitchEvent, Mode, UnitModeEvent, UnitRef
 from rorfeed.notify import Notifier, compose_killswitch, compose_unit_changes
-from rorfeed.state import ACTOR_RORFEED, GLOBAL, Store, UnitState
+from rorfeed.state import Store, UnitState
 
 log = structlog.get_logger("rorfeed.control")
 

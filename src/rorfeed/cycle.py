@@ -30,11 +30,11 @@ from rorfeed.killswitch import (
     unreachable_trips,
 )
 from rorfeed.mapping import Mapping, parse_mapping
-from rorfeed.model import Extraction, MappedUnit, Mode, Snapshot, SourceRow, UnitRecord
+from rorfeed.model import GLOBAL, Extraction, MappedUnit, Mode, Snapshot, SourceRow, UnitRecord
 from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
 from rorfeed.rules import Judge, RuleOptions, Verdict
 from rorfeed.sources import open_source
-from rorfeed.state import GLOBAL, FeedState, LedgerRow, Store
+from rorfeed.state import FeedState, LedgerRow, Store
 from rorfeed.transports import open_transport
 
 log = structlog.get_logger("rorfeed.cycle")

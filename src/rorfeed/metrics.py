@@ -23,29 +23,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from rorfeed.errors import RorfeedError
-from rorfeed.model import Mode
+from rorfeed.model import GLOBAL, Mode
 from rorfeed.rules import HARD_RULES, WARNING_RULES
-from rorfeed.state import (
-    DELIVERED,
-    GLOBAL,
-    PENDING,
-    UPLOADING,
-    CycleRow,
-    Store,
-    emails_t,
-    establishments_t,
-    files_t,
-    units_t,
-)
+from rorfeed.state import CycleRow, StateFigures, Store
 
 if TYPE_CHECKING:
     from rorfeed.config import Config
@@ -343,52 +331,14 @@ class StateCollector(Collector):
         up.add_metric([], 0)
         return [up]
 
-    def _read(self) -> dict[str, Any]:
-        with self._store.tx() as conn:
-            units = conn.execute(
-                select(units_t.c.finess, units_t.c.mode, func.count())
-                .where(units_t.c.in_mapping.is_(True))
-                .group_by(units_t.c.finess, units_t.c.mode)
-            ).all()
-            establishments = conn.execute(
-                select(
-                    establishments_t.c.finess,
-                    establishments_t.c.killswitch,
-                    establishments_t.c.unreachable_streak,
-                )
-            ).all()
-            outbox = conn.execute(
-                select(files_t.c.destination, func.count())
-                .where(files_t.c.status.in_((PENDING, UPLOADING)))
-                .group_by(files_t.c.destination)
-            ).all()
-            delivered = conn.execute(
-                select(files_t.c.finess, files_t.c.destination, func.max(files_t.c.updated_at))
-                .where(files_t.c.status == DELIVERED)
-                .group_by(files_t.c.finess, files_t.c.destination)
-            ).all()
-            emails = conn.execute(
-                select(func.count()).select_from(emails_t).where(emails_t.c.sent_at.is_(None))
-            ).scalar_one()
-        return {
-            "units": units,
-            "establishments": establishments,
-            "outbox": outbox,
-            "delivered": delivered,
-            "emails": emails,
-        }
+    def _read(self) -> StateFigures:
+        return self._store.figures()
 
-    def _families(self, data: dict[str, Any] | None = None) -> Iterator[Metric]:
+    def _families(self, data: StateFigures | None = None) -> Iterator[Metric]:
         config = self._config
         finesses = [e.finess for e in config.file.establishments]
         destinations = [d.name for d in config.file.destinations]
-        d: dict[str, Any] = data or {
-            "units": [],
-            "establishments": [],
-            "outbox": [],
-            "delivered": [],
-            "emails": 0,
-        }
+        d = data if data is not None else StateFigures()
 
         up = GaugeMetricFamily(
             "rorfeed_state_up", "1 when the state store could be read at this scrape"
@@ -397,8 +347,8 @@ class StateCollector(Collector):
         yield up
 
         units: dict[tuple[str, str], int] = {(f, m): 0 for f in finesses for m in MODES}
-        for finess, mode, n in d["units"]:
-            units[(finess, mode)] = int(n)
+        for finess, mode, n in d.units:
+            units[(finess, mode)] = n
         fam = GaugeMetricFamily(
             "rorfeed_units", "Mapped units by establishment and mode", labels=["finess", "mode"]
         )
@@ -408,10 +358,10 @@ class StateCollector(Collector):
 
         switches = {GLOBAL: 0, **dict.fromkeys(finesses, 0)}
         streaks = dict.fromkeys(finesses, 0)
-        for finess, on, streak in d["establishments"]:
-            switches[finess] = 1 if on else 0
+        for finess, is_on, streak in d.establishments:
+            switches[finess] = 1 if is_on else 0
             if finess != GLOBAL:
-                streaks[finess] = int(streak or 0)
+                streaks[finess] = streak
         fam = GaugeMetricFamily(
             "rorfeed_killswitch",
             'Kill-switch of the establishment: 1 when on (finess="*": the global one)',
@@ -438,8 +388,8 @@ class StateCollector(Collector):
         yield streak_fam
 
         waiting = dict.fromkeys(destinations, 0)
-        for dest, n in d["outbox"]:
-            waiting[dest] = int(n)
+        for dest, n in d.outbox:
+            waiting[dest] = n
         fam = GaugeMetricFamily(
             "rorfeed_outbox_files",
             "Files waiting in the outbox for the destination",
@@ -455,9 +405,9 @@ class StateCollector(Collector):
             for f in finesses
             if not dest.establishments or f in dest.establishments
         }
-        for finess, dest, at in d["delivered"]:
-            if at is not None:
-                last[(finess, dest)] = _ts(at)
+        for finess, dest, delivered_at in d.delivered:
+            if delivered_at is not None:
+                last[(finess, dest)] = _ts(delivered_at)
         fam = GaugeMetricFamily(
             "rorfeed_last_delivery_timestamp_seconds",
             "Time of the last file of the establishment delivered to the destination (0: never)",
@@ -470,7 +420,7 @@ class StateCollector(Collector):
         fam = GaugeMetricFamily(
             "rorfeed_emails_waiting", "E-mails to the bed-management cell not sent yet"
         )
-        fam.add_metric([], int(d["emails"]))
+        fam.add_metric([], d.emails_waiting)
         yield fam
 
 

@@ -53,17 +53,8 @@ from rorfeed.errors import (
     TransportError,
     WorkDirError,
 )
-from rorfeed.state import (
-    DELIVERED,
-    EXPIRED,
-    PENDING,
-    SUPERSEDED,
-    UNCERTAIN,
-    UPLOADING,
-    WITHHELD,
-    LedgerRow,
-    Store,
-)
+from rorfeed.model import LedgerStatus
+from rorfeed.state import LedgerRow, Store
 from rorfeed.transports.base import Session, Transport
 
 log = structlog.get_logger("rorfeed.outbox")
@@ -240,14 +231,20 @@ class Outbox:
         report: DeliveryReport,
     ) -> list[LedgerRow]:
         newest = self.store.newest_cycle_times(
-            destination, (PENDING, UPLOADING, DELIVERED, UNCERTAIN)
+            destination,
+            (
+                LedgerStatus.PENDING,
+                LedgerStatus.UPLOADING,
+                LedgerStatus.DELIVERED,
+                LedgerStatus.UNCERTAIN,
+            ),
         )
         keep = []
         for row in rows:
             if row.cycle_time < newest[row.finess]:
-                status, bucket = SUPERSEDED, report.superseded
+                status, bucket = LedgerStatus.SUPERSEDED, report.superseded
             elif row.cycle_time < now - max_age:
-                status, bucket = EXPIRED, report.expired
+                status, bucket = LedgerStatus.EXPIRED, report.expired
             else:
                 keep.append(row)
                 continue
@@ -314,7 +311,9 @@ class Outbox:
                     report,
                 )
             else:
-                waiting = self.store.files(destination, (PENDING, UPLOADING))
+                waiting = self.store.files(
+                    destination, (LedgerStatus.PENDING, LedgerStatus.UPLOADING)
+                )
                 report.failed = [r.file_name for r in waiting]
                 report.error = (
                     f'destination "{destination}": another rorfeed process kept delivering to it'
@@ -350,9 +349,13 @@ class Outbox:
         hold: Callable[[LedgerRow], str | None],
         report: DeliveryReport,
     ) -> None:
-        unknown = self.store.files(destination, (UPLOADING,))
+        unknown = self.store.files(destination, (LedgerStatus.UPLOADING,))
         pending = self._drop_stale(
-            destination, self.store.files(destination, (PENDING,)), clock(), max_age, report
+            destination,
+            self.store.files(destination, (LedgerStatus.PENDING,)),
+            clock(),
+            max_age,
+            report,
         )
         # A file dropped unsent may have left a temporary copy on the server (its upload was
         # cut short by a crash or the network): removed in the session that sends the rest.
@@ -405,13 +408,16 @@ class Outbox:
                 )
                 # A file whose rename was under way has an unknown outcome now: it is
                 # `uploading` in the ledger, and settled (never re-sent) on the next session.
-                unknown = self.store.files(destination, (UPLOADING,))
+                unknown = self.store.files(destination, (LedgerStatus.UPLOADING,))
                 in_doubt = {u.id for u in unknown}
                 pending = [r for r in pending if r.id not in in_doubt]
                 now = clock()
                 if current is not None:
-                    status = UPLOADING if current.id in in_doubt else PENDING
-                    attempted = status == PENDING  # `uploading` counted its attempt already
+                    status = (
+                        LedgerStatus.UPLOADING if current.id in in_doubt else LedgerStatus.PENDING
+                    )
+                    # `uploading` counted its attempt already
+                    attempted = status == LedgerStatus.PENDING
                     self.store.set_file_status(
                         current.id, status, now, error=message, attempt=attempted
                     )
@@ -423,7 +429,9 @@ class Outbox:
                 ):
                     for row in pending:
                         if current is None or row.id != current.id:
-                            self.store.set_file_status(row.id, PENDING, now, error=message)
+                            self.store.set_file_status(
+                                row.id, LedgerStatus.PENDING, now, error=message
+                            )
                     report.failed = [r.file_name for r in unknown + pending]
                     return
                 sleep(wait)
@@ -443,7 +451,13 @@ class Outbox:
         strays = {p.name for p in entries if not p.name.startswith(".") and p.name not in live}
         if not strays:
             return
-        final = (DELIVERED, UNCERTAIN, SUPERSEDED, EXPIRED, WITHHELD)
+        final = (
+            LedgerStatus.DELIVERED,
+            LedgerStatus.UNCERTAIN,
+            LedgerStatus.SUPERSEDED,
+            LedgerStatus.EXPIRED,
+            LedgerStatus.WITHHELD,
+        )
         status = {
             r.file_name: r.status
             for r in self.store.files(destination, final)
@@ -470,13 +484,13 @@ class Outbox:
         size = session.size_of(row.file_name)
         if size == row.size:
             self.store.mark_delivered(row, now, production)
-            self.archive(row.destination, row.file_name, DELIVERED)
+            self.archive(row.destination, row.file_name, LedgerStatus.DELIVERED)
             report.add_delivered(row)
             log.info(
                 "delivery_settled",
                 destination=row.destination,
                 file=row.file_name,
-                status=DELIVERED,
+                status=LedgerStatus.DELIVERED,
             )
             return True
         # Never sent again: the operator may already have taken it. Its temporary copy, if
@@ -489,17 +503,17 @@ class Outbox:
         )
         self.store.set_file_status(
             row.id,
-            UNCERTAIN,
+            LedgerStatus.UNCERTAIN,
             now,
             error=f"outcome unknown (interrupted around the rename); final name {detail}",
         )
-        self.archive(row.destination, row.file_name, UNCERTAIN)
+        self.archive(row.destination, row.file_name, LedgerStatus.UNCERTAIN)
         report.uncertain.append(row.file_name)
         log.warning(
             "delivery_settled",
             destination=row.destination,
             file=row.file_name,
-            status=UNCERTAIN,
+            status=LedgerStatus.UNCERTAIN,
             remote_size=size,
             size=row.size,
         )
@@ -517,8 +531,8 @@ class Outbox:
         """Upload, then rename; True when delivered (False: withheld or missing)."""
         reason = hold(row)
         if reason:
-            self.store.set_file_status(row.id, WITHHELD, now, error=reason)
-            self.archive(row.destination, row.file_name, WITHHELD)
+            self.store.set_file_status(row.id, LedgerStatus.WITHHELD, now, error=reason)
+            self.archive(row.destination, row.file_name, LedgerStatus.WITHHELD)
             report.withheld.append(row.file_name)
             log.warning(
                 "file_withheld", destination=row.destination, file=row.file_name, reason=reason
@@ -527,16 +541,18 @@ class Outbox:
         local = self.folder(row.destination) / row.file_name
         if not local.exists():
             # Lost from the outbox (removed by hand?): nothing to send, say so once.
-            self.store.set_file_status(row.id, EXPIRED, now, error="missing from the outbox")
+            self.store.set_file_status(
+                row.id, LedgerStatus.EXPIRED, now, error="missing from the outbox"
+            )
             report.expired.append(row.file_name)
             log.error("outbox_file_missing", destination=row.destination, file=row.file_name)
             return False
         temp = session.upload(local, row.file_name)
         # Point of no return: from here the outcome may be unknown if we die.
-        self.store.set_file_status(row.id, UPLOADING, now, attempt=True)
+        self.store.set_file_status(row.id, LedgerStatus.UPLOADING, now, attempt=True)
         session.commit(temp, row.file_name)
         self.store.mark_delivered(row, now, production)
-        self.archive(row.destination, row.file_name, DELIVERED)
+        self.archive(row.destination, row.file_name, LedgerStatus.DELIVERED)
         report.add_delivered(row)
         log.info("file_delivered", destination=row.destination, file=row.file_name, size=row.size)
         return True

@@ -41,26 +41,16 @@ from sqlalchemy import select, text
 from rorfeed.config import Config
 from rorfeed.cycle import Cycle, CycleReport
 from rorfeed.daemon import Daemon
-from rorfeed.state import (
-    DELIVERED,
-    EXPIRED,
-    PENDING,
-    SUPERSEDED,
-    UNCERTAIN,
-    UPLOADING,
-    WITHHELD,
-    Store,
-    files_t,
-    open_store,
-    snapshots_t,
-)
+from rorfeed.model import LedgerStatus
+from rorfeed.state import Store, open_store
+from rorfeed.state.schema import files_t, snapshots_t
 from rorfeed.systemd import Notifier
 from tests.faults.site import DESTINATION, Site
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL_NAME = re.compile(r"rorlits_(?P<finess>\d{9})_(?P<stamp>\d{8}T\d{6}Z)\.(?:csv|json|xml)")
 TEMP_NAME = re.compile(r"\.rorlits_\d{9}_\d{8}T\d{6}Z\.(?:csv|json|xml)\.part")
-STATUSES = {PENDING, UPLOADING, DELIVERED, UNCERTAIN, SUPERSEDED, EXPIRED, WITHHELD}
+STATUSES = set(LedgerStatus)
 
 
 def rng(*key: object) -> random.Random:
@@ -370,7 +360,7 @@ def check_invariants(
             v.append(f"ledger: {r.file_name} has an unknown status {r.status!r}")
 
     def local_copy(name: str) -> Path | None:
-        for candidate in (archive / DELIVERED / name, outbox / name):
+        for candidate in (archive / LedgerStatus.DELIVERED / name, outbox / name):
             if candidate.is_file():
                 return candidate
         found = sorted(archive.glob(f"*/{name}")) if archive.is_dir() else []
@@ -385,9 +375,9 @@ def check_invariants(
             if row is None:
                 v.append(f"server: {name} is not in the ledger")
                 continue
-            if row.status not in (DELIVERED, UPLOADING):
+            if row.status not in (LedgerStatus.DELIVERED, LedgerStatus.UPLOADING):
                 v.append(f"server: {name} is there but the ledger says {row.status}")
-            if settled and row.status != DELIVERED:
+            if settled and row.status != LedgerStatus.DELIVERED:
                 v.append(f"server: {name} is there, still {row.status} after a good cycle")
             local = local_copy(name)
             remote = (site.remote / name).read_bytes()
@@ -405,7 +395,7 @@ def check_invariants(
             v.append(f"server: {name} is neither a final name nor a dot-prefixed .part name")
     if settled:
         for r in rows:
-            if r.status == DELIVERED and r.file_name not in server:
+            if r.status == LedgerStatus.DELIVERED and r.file_name not in server:
                 v.append(f"ledger: {r.file_name} delivered, absent from the server")
 
     # The server's own log: each final name renamed into place once, never written in place,
@@ -436,13 +426,13 @@ def check_invariants(
         row = by_name.get(name)
         if row is None:
             v.append(f"sftp log: {name} was renamed into place but is not in the ledger")
-        elif settled and row.status != DELIVERED:
+        elif settled and row.status != LedgerStatus.DELIVERED:
             v.append(f"sftp log: {name} was renamed into place, the ledger says {row.status}")
 
     # The ledger's own order: per establishment, delivered in cycle order.
     delivered: dict[str, list[LedgerRow]] = defaultdict(list)
     for r in rows:
-        if r.status == DELIVERED:
+        if r.status == LedgerStatus.DELIVERED:
             delivered[r.finess].append(r)
     for finess, items in delivered.items():
         items.sort(key=lambda r: (r.updated_at, r.cycle_time))
@@ -455,7 +445,9 @@ def check_invariants(
 
     # The outbox: after a good cycle, nothing waits and every outcome is known.
     if settled:
-        waiting = sorted(r.file_name for r in rows if r.status in (PENDING, UPLOADING))
+        waiting = sorted(
+            r.file_name for r in rows if r.status in (LedgerStatus.PENDING, LedgerStatus.UPLOADING)
+        )
         if waiting:
             v.append(f"ledger: still waiting after a good cycle: {waiting}")
         left = sorted(p.name for p in outbox.iterdir()) if outbox.is_dir() else []
@@ -463,7 +455,7 @@ def check_invariants(
             v.append(f"outbox: files left after a good cycle: {left}")
         for r in rows:
             if (
-                r.status in (DELIVERED, UNCERTAIN)
+                r.status in (LedgerStatus.DELIVERED, LedgerStatus.UNCERTAIN)
                 and not (archive / r.status / r.file_name).is_file()
             ):
                 v.append(f"archive: {r.file_name} ({r.status}) has no archived copy")
@@ -588,15 +580,15 @@ def recovery_problems(
             if e.get("event") == event and all(e.get(k) == x for k, x in match.items())
         ]
 
-    settled_ok = named("delivery_settled", status=DELIVERED)
-    settled_uncertain = named("delivery_settled", status=UNCERTAIN)
+    settled_ok = named("delivery_settled", status=LedgerStatus.DELIVERED)
+    settled_uncertain = named("delivery_settled", status=LedgerStatus.UNCERTAIN)
     delivered = named("file_delivered")
-    superseded = named("file_not_sent", status=SUPERSEDED)
+    superseded = named("file_not_sent", status=LedgerStatus.SUPERSEDED)
     missing = named("outbox_file_missing")
     for r in before:
-        if r.status == UPLOADING and r.file_name not in settled_ok + settled_uncertain:
+        if r.status == LedgerStatus.UPLOADING and r.file_name not in settled_ok + settled_uncertain:
             v.append(f"log: no delivery_settled line for {r.file_name}, left uploading")
-        if r.status == PENDING and r.file_name not in delivered + superseded + missing:
+        if r.status == LedgerStatus.PENDING and r.file_name not in delivered + superseded + missing:
             v.append(f"log: no line says what became of {r.file_name}, left pending")
     counted = {
         "rorfeed_delivered_files_total": len(delivered) + len(settled_ok),

@@ -20,7 +20,8 @@ from sqlalchemy import select
 from rorfeed.cli import main
 from rorfeed.config import Config, load
 from rorfeed.cycle import Cycle, CycleReport, file_timestamp
-from rorfeed.state import Store, files_t, open_store
+from rorfeed.state import Store, open_store
+from rorfeed.state.schema import files_t
 from tests.sites import CSV_SOURCE, FINESS, site_toml, write_export, write_mapping
 from tests.sshd import Sshd
 

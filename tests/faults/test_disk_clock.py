@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from rorfeed.cycle import Cycle
+from rorfeed.model import LedgerStatus
 from rorfeed.schedule import make_trigger, previous_fire_time
-from rorfeed.state import DELIVERED
 from tests.faults.harness import (
     DaemonCycle,
     SftpLog,
@@ -175,7 +175,9 @@ def test_the_clock_jumping_two_hours_between_cycles(
         assert cycle_time is not None
         # The bed-management database's time stamps follow the same (jumping) clock.
         os.utime(export, (now[0].timestamp(), now[0].timestamp()))
-        delivered = [r.cycle_time for r in ledger_rows(site.store) if r.status == DELIVERED]
+        delivered = [
+            r.cycle_time for r in ledger_rows(site.store) if r.status == LedgerStatus.DELIVERED
+        ]
         newest = max(delivered, default=None)
         dc = run_daemon_cycle(site.config, site.store, cycle_time, json_err, clock=lambda: now[0])
         violations += crash_problems(dc)

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
-from rorfeed.model import BedCounts, KillswitchEvent, Mode, UnitModeEvent, UnitRef
-from rorfeed.state import ACTOR_RORFEED
+from rorfeed.model import ACTOR_RORFEED, BedCounts, KillswitchEvent, Mode, UnitModeEvent, UnitRef
 from rorfeed.wording import counted
 
 SUBJECT_PREFIX = "[rorfeed]"

@@ -35,8 +35,8 @@ from rorfeed.config import Config, WebSection
 from rorfeed.control import Control, ControlError
 from rorfeed.errors import StateError
 from rorfeed.listen import parse_listen
-from rorfeed.model import Mode
-from rorfeed.state import GLOBAL, AuditEntry, Store, UnitState, open_store
+from rorfeed.model import GLOBAL, Mode
+from rorfeed.state import AuditEntry, Store, UnitState, open_store
 from rorfeed.web.auth import Accounts, LoginOutcome, Role, password_fingerprint
 from rorfeed.wording import agreed
 

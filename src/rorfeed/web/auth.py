@@ -20,7 +20,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from rorfeed.errors import RorfeedError
-from rorfeed.state import ACTOR_RORFEED, Store, WebUser
+from rorfeed.model import ACTOR_RORFEED
+from rorfeed.state import Store, WebUser
 
 log = structlog.get_logger("rorfeed.web")
 

@@ -1,0 +1,159 @@
+"""Accounts of `rorfeed web` (managed with `rorfeed users`) and its session-signing key.
+
+Only Argon2id hashes are stored (rorfeed.web.auth makes and checks them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, insert, select, update
+from sqlalchemy.engine import Connection
+
+from rorfeed.errors import StateError
+from rorfeed.state.schema import meta_t, users_t
+
+
+def _secret_query() -> Select[tuple[str]]:
+    return select(meta_t.c.value).where(meta_t.c.key == "web_secret")
+
+
+@dataclass(frozen=True)
+class WebUser:
+    """An account of the web page, as `Store.web_user` reads it."""
+
+    name: str
+    role: str  # "lead" or "viewer"
+    password_hash: str
+    disabled: bool
+    failed_logins: int
+    locked_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def __repr__(self) -> str:  # never the hash
+        return f"WebUser(name={self.name!r}, role={self.role!r}, disabled={self.disabled})"
+
+
+def _web_user(row: Any) -> WebUser:
+    return WebUser(
+        name=row.name,
+        role=row.role,
+        password_hash=row.password_hash,
+        disabled=bool(row.disabled),
+        failed_logins=int(row.failed_logins),
+        locked_until=row.locked_until,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class WebAccounts:
+    """The web page's accounts and signing key, within one transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    # -- the session-signing key (made once; `Store.web_secret` handles two makers at once)
+
+    def secret(self) -> str | None:
+        """The stored signing key, or None when none was made yet."""
+        value = self._conn.execute(_secret_query()).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    def secret_required(self) -> str:
+        """The stored signing key (StateError when there is none)."""
+        return str(self._conn.execute(_secret_query()).scalar_one())
+
+    def create_secret(self) -> str:
+        """Make and store a new signing key (fails if another was stored meanwhile)."""
+        import secrets
+
+        value = secrets.token_hex(32)
+        self._conn.execute(insert(meta_t).values(key="web_secret", value=value))
+        return value
+
+    # -- accounts
+
+    def user(self, name: str) -> WebUser | None:
+        row = self._conn.execute(select(users_t).where(users_t.c.name == name)).first()
+        return None if row is None else _web_user(row)
+
+    def users(self) -> list[WebUser]:
+        return [_web_user(r) for r in self._conn.execute(select(users_t).order_by(users_t.c.name))]
+
+    def add_user(self, name: str, role: str, password_hash: str, now: datetime) -> None:
+        """Create an account; StateError (nothing written) when the name is taken."""
+        conn = self._conn
+        taken = conn.execute(select(users_t.c.name).where(users_t.c.name == name)).first()
+        if taken is not None:
+            raise StateError(f"account {name!r} already exists")
+        conn.execute(
+            insert(users_t).values(
+                name=name,
+                role=role,
+                password_hash=password_hash,
+                disabled=False,
+                failed_logins=0,
+                locked_until=None,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    def set_password(
+        self, name: str, password_hash: str, now: datetime, role: str | None = None
+    ) -> bool:
+        """New password (and role, if given); enables and unlocks. False: no such account."""
+        values: dict[str, Any] = {
+            "password_hash": password_hash,
+            "disabled": False,
+            "failed_logins": 0,
+            "locked_until": None,
+            "updated_at": now,
+        }
+        if role is not None:
+            values["role"] = role
+        result = self._conn.execute(update(users_t).where(users_t.c.name == name).values(**values))
+        return bool(result.rowcount)
+
+    def disable(self, name: str, now: datetime) -> bool:
+        """Disable an account (its sessions end at their next request). False: no such one."""
+        result = self._conn.execute(
+            update(users_t).where(users_t.c.name == name).values(disabled=True, updated_at=now)
+        )
+        return bool(result.rowcount)
+
+    def login_failed(
+        self, name: str, now: datetime, max_failures: int, lock_until: datetime
+    ) -> datetime | None:
+        """Count a wrong password; at `max_failures` lock the account until `lock_until`.
+
+        A lock that has run out starts the count afresh; a locked account's failures are
+        not counted (they do not lengthen the lock). Returns the lock's end when locked.
+        """
+        conn = self._conn
+        row = conn.execute(
+            select(users_t.c.failed_logins, users_t.c.locked_until).where(users_t.c.name == name)
+        ).first()
+        if row is None:
+            return None
+        if row.locked_until is not None and row.locked_until > now:
+            return row.locked_until  # type: ignore[no-any-return]
+        failures = (0 if row.locked_until is not None else row.failed_logins) + 1
+        values: dict[str, Any] = {"failed_logins": failures, "locked_until": None}
+        if failures >= max_failures:
+            values = {"failed_logins": 0, "locked_until": lock_until}
+        conn.execute(update(users_t).where(users_t.c.name == name).values(**values))
+        return values["locked_until"]  # type: ignore[no-any-return]
+
+    def login_succeeded(
+        self, name: str, now: datetime, new_password_hash: str | None = None
+    ) -> None:
+        """Reset the failure count; store a re-hashed password (stronger parameters) if given."""
+        values: dict[str, Any] = {"failed_logins": 0, "locked_until": None}
+        if new_password_hash is not None:
+            values.update(password_hash=new_password_hash, updated_at=now)
+        self._conn.execute(update(users_t).where(users_t.c.name == name).values(**values))
