@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -412,3 +414,43 @@ def test_killswitch_turned_on_before_delivery_withholds_waiting_files(site: Path
     store.engine.dispose()
     assert len(report.deliveries[0].withheld) == 3
     assert list((site / "depot").iterdir()) == []
+
+
+def test_units_says_which_units_the_cell_enters_by_hand_and_why(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The rule the page shows, on the command line too: 52/500 is declared manual in the
+    # mapping; with the kill-switch on, every unit is entered by hand.
+    cycle(site, 0)
+    units = units_json(site, capsys)
+    assert units["52/500"]["manual_entry"] == ["declared_manual"]
+    assert units["52/100"]["manual_entry"] == []
+    assert cli(site, "killswitch", "on", "--reason", "panne", "--by", "alice") == 0
+    units = units_json(site, capsys)
+    assert units["52/100"]["manual_entry"] == ["global_killswitch"]
+    assert units["52/500"]["manual_entry"] == ["declared_manual", "global_killswitch"]
+    capsys.readouterr()
+    assert cli(site, "units") == 0
+    out, err = capsys.readouterr()
+    assert "ENTER BY HAND" in out.splitlines()[0]
+    assert "5 unit(s), 1 in manual mode, 5 to enter by hand in the ROR" in err
+
+
+def test_the_units_table_shows_times_to_the_minute_and_never_runs_a_label(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cycle(site, 0)
+    # A label written before the mapping refused control characters, still in the state.
+    with sqlite3.connect(site / "work" / "state.db") as conn:
+        conn.execute("UPDATE units SET label = ? WHERE ror_id = '52/100'", ("\x1b[2JRéa",))
+    # A switch made now: its time has microseconds, which the table must not show.
+    assert cli(site, "units", "manual", "MED", "--reason", "travaux", "--by", "bob") == 0
+    capsys.readouterr()
+    assert cli(site, "units") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\\x1b[2JRéa" in out
+    row = next(line for line in out.splitlines() if "52/200" in line)
+    # SINCE / SENT AT: local date and minute with the offset; no seconds, no microseconds.
+    assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d[+-]\d\d:\d\d(?:\s|$)", row)) == 2, row
+    assert not re.search(r"\d\d:\d\d[.:]\d", row), row

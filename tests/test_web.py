@@ -38,9 +38,10 @@ from rorfeed.cli import main
 from rorfeed.config import Config, load
 from rorfeed.model import GLOBAL, Mode
 from rorfeed.state import Store, open_store
-from rorfeed.web.accounts_cli import users
-from rorfeed.web.app import create_app, make_server
+from rorfeed.users_cli import users
+from rorfeed.web.app import create_app
 from rorfeed.web.auth import AccountError, Accounts, Role
+from rorfeed.web.server import make_server
 from tests.sites import write_export
 from tests.smtp import SmtpServer, _self_signed, free_port
 from tests.test_cycle import CONFIG, MAPPING
@@ -798,7 +799,7 @@ def test_rorfeed_web_serves_and_stops_on_sigterm(template: Path, tmp_path: Path)
         "from rorfeed import logging as rlog\n"
         "from pathlib import Path\n"
         "from rorfeed.config import load\n"
-        "from rorfeed.web.app import serve\n"
+        "from rorfeed.web.server import serve\n"
         "rlog.configure(json_output=True)\n"
         "sys.exit(serve(load(Path(sys.argv[1]))))\n"
     )

@@ -19,7 +19,8 @@ import pytest
 
 from rorfeed.config import load
 from rorfeed.state import open_store
-from rorfeed.web.app import create_app, make_server
+from rorfeed.web.app import create_app
+from rorfeed.web.server import make_server
 from tests.test_modes import T0
 from tests.test_web import FAST, LEAD, LEAD_PW, VIEWER, VIEWER_PW, Clock, build_site
 

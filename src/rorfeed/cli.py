@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rorfeed import __version__
-from rorfeed.errors import ConfigError, RorfeedError, StateError
+from rorfeed.errors import ConfigError, RorfeedError, StateError, shown
 from rorfeed.exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -148,11 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "history":
             return _history(config, args.unit, args.limit, args.json)
         if args.command == "web":
-            from rorfeed.web.app import serve as serve_web
+            from rorfeed.web.server import serve as serve_web
 
             return serve_web(config)
         if args.command == "users":
-            from rorfeed.web.accounts_cli import users
+            from rorfeed.users_cli import users
 
             return users(config, args.action, args.name, args.role, args.password_file)
         if args.command in ("units", "killswitch"):
@@ -403,13 +403,14 @@ def _status(config: Config, as_json: bool) -> int:
 
 
 def _units(config: Config, as_json: bool) -> int:
+    from rorfeed.reads import unit_rows
+
     store = _open_store(config)
-    names = {e.finess: e.name for e in config.file.establishments}
-    units = [u for u in store.units() if u.in_mapping]
+    rows = unit_rows(config, store)
     doc = [
         {
             "finess": u.finess,
-            "establishment": names.get(u.finess, u.finess),
+            "establishment": r.establishment,
             "local_code": u.local_code,
             "ror_id": u.ror_id,
             "label": u.label,
@@ -417,6 +418,8 @@ def _units(config: Config, as_json: bool) -> int:
             "mode_since": _iso(u.mode_since, config),
             "mode_reason": u.mode_reason,
             "declared_manual": u.declared_mode.value == "manual",
+            # Why the bed-management cell must enter it by hand in the ROR; [] = fed by rorfeed.
+            "manual_entry": [reason.value for reason in r.manual_reasons],
             "last_counts": None
             if u.last_counts is None
             else {
@@ -427,12 +430,13 @@ def _units(config: Config, as_json: bool) -> int:
             "last_counts_at": _iso(u.last_counts_at, config),
             "streak": u.streak,
         }
-        for u in units
+        for r in rows
+        for u in (r.unit,)
     ]
     if as_json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return ExitCode.OK
-    rows = [
+    table = [
         [
             u.finess,
             u.local_code or "-",
@@ -440,15 +444,17 @@ def _units(config: Config, as_json: bool) -> int:
             u.label,
             ("MANUEL" if u.mode.value == "manual" else "auto")
             + (" (mapping)" if u.declared_mode.value == "manual" else ""),
-            _short(_iso(u.mode_since, config)),
+            _short(u.mode_since, config),
             u.mode_reason,
             "-"
             if u.last_counts is None
             else f"{u.last_counts.installed}/{u.last_counts.closed}/{u.last_counts.available}",
-            _short(_iso(u.last_counts_at, config)),
+            _short(u.last_counts_at, config),
             str(u.streak),
+            ", ".join(reason.value for reason in r.manual_reasons) or "-",
         ]
-        for u in units
+        for r in rows
+        for u in (r.unit,)
     ]
     header = [
         "FINESS",
@@ -461,10 +467,15 @@ def _units(config: Config, as_json: bool) -> int:
         "LAST SENT I/C/A",
         "SENT AT",
         "STREAK",
+        "ENTER BY HAND",
     ]
-    print(_table(header, rows))
-    manual = sum(1 for u in units if u.mode.value == "manual")
-    print(f"{len(doc)} unit(s), {manual} in manual mode", file=sys.stderr)
+    print(_table(header, table))
+    manual = sum(1 for r in rows if r.unit.mode.value == "manual")
+    by_hand = sum(1 for r in rows if r.needs_manual)
+    print(
+        f"{len(doc)} unit(s), {manual} in manual mode, {by_hand} to enter by hand in the ROR",
+        file=sys.stderr,
+    )
     return ExitCode.OK
 
 
@@ -490,7 +501,7 @@ def _history(config: Config, unit: str | None, limit: int, as_json: bool) -> int
         return ExitCode.OK
     rows = [
         [
-            _short(d["at"]),
+            _short(e.at, config),
             str(d["actor"]),
             str(d["action"]),
             str(d["finess"] or "*"),
@@ -498,21 +509,24 @@ def _history(config: Config, unit: str | None, limit: int, as_json: bool) -> int
             f"{d['previous'] or '-'} → {d['new'] or '-'}",
             str(d["reason"]),
         ]
-        for d in doc
+        for e, d in zip(entries, doc, strict=True)
     ]
     print(_table(["AT", "WHO", "ACTION", "FINESS", "ROR ID", "CHANGE", "WHY"], rows))
     print(f"{len(doc)} entr{'y' if len(doc) == 1 else 'ies'}", file=sys.stderr)
     return ExitCode.OK
 
 
-def _short(iso: object) -> str:
+def _short(at: datetime | None, config: Config) -> str:
     """A table cell for a time: local date and minute, the offset kept (never a relative age)."""
-    if not isinstance(iso, str):
+    if at is None:
         return "-"
-    return iso[:16].replace("T", " ") + iso[19:]
+    return at.astimezone(config.zone).isoformat(sep=" ", timespec="minutes")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    # Cells come from the state store and the mapping: a control character (an escape
+    # sequence in a label written before the mapping refused them) is shown, never run.
+    rows = [[shown(str(c)) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines += [
