@@ -36,6 +36,7 @@ from rorfeed.cycle import CycleReport
 from rorfeed.cycle_runner import CycleRunner
 from rorfeed.daemon import Daemon, serve
 from rorfeed.errors import ConfigError, SourceError
+from rorfeed.model import CycleDetail, CycleOutcome
 from rorfeed.schedule import make_trigger, missed_run, previous_fire_time
 from rorfeed.state import Store, open_store
 from rorfeed.systemd import Notifier
@@ -313,7 +314,7 @@ def test_catch_up_runs_the_missed_fire_time_once_at_start(site: Path) -> None:
     previous = previous_fire_time(trigger, now)
     assert previous is not None
     old = previous - timedelta(hours=3)
-    store.record_cycle(old, old, old, "ok", 2, 0, {})
+    store.record_cycle(old, old, old, CycleOutcome.OK, 2, 0, CycleDetail())
     rec = Recorder()
     daemon = Daemon(
         config, store, trigger=trigger, cycle_factory=rec.factory, notifier=Notifier(None)
@@ -804,7 +805,7 @@ def test_serve_subprocess_catches_up_once_at_start_and_stops_on_sigint(tmp_path:
     config = load(path)
     store = open_store(config.state_url)
     old = datetime.now(UTC) - timedelta(hours=5)
-    store.record_cycle(old, old, old, "ok", 2, 0, {})
+    store.record_cycle(old, old, old, CycleOutcome.OK, 2, 0, CycleDetail())
     store.engine.dispose()
     previous = previous_fire_time(make_trigger("5 * * * *", PARIS), datetime.now(UTC))
     assert previous is not None

@@ -14,10 +14,20 @@ from sqlalchemy import create_engine, insert
 from rorfeed.config import Config, load
 from rorfeed.cycle import CycleReport, EstablishmentReport
 from rorfeed.metrics import Metrics, exposed_metrics
-from rorfeed.model import GLOBAL, BedCounts, MappedUnit, Mode
+from rorfeed.model import (
+    GLOBAL,
+    BedCounts,
+    CycleDetail,
+    CycleOutcome,
+    DeliveryDetail,
+    EstablishmentDetail,
+    EstablishmentStatus,
+    MappedUnit,
+    Mode,
+)
 from rorfeed.outbox import DeliveryReport
 from rorfeed.rules import HARD_RULES
-from rorfeed.state import CycleRow, Store, open_store
+from rorfeed.state import Store, open_store
 from rorfeed.state.schema import establishments_t
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +144,7 @@ def test_observe_cycle_counts_outcomes_records_and_deliveries(metrics: Metrics) 
                 warnings=Counter({"installed_change": 1}),
                 unmapped=["X", "Y"],
             ),
-            EstablishmentReport(B, "B", status="source_down", error="refused"),
+            EstablishmentReport(B, "B", status=EstablishmentStatus.SOURCE_DOWN, error="refused"),
         ],
         deliveries=[
             # A first session cut, cured by the retry within the cycle: counted all the same.
@@ -236,24 +246,25 @@ def test_an_unreadable_store_says_so_instead_of_stale_numbers(config: Config) ->
     assert "rorfeed_cycles_total 0.0" in text  # the daemon's own metrics are still there
 
 
-def test_restart_restores_the_timestamps_from_the_cycle_history(metrics: Metrics) -> None:
+def test_restart_restores_the_timestamps_from_the_cycle_history(
+    metrics: Metrics, store: Store
+) -> None:
+    ok, down = EstablishmentStatus.OK, EstablishmentStatus.SOURCE_DOWN
     t1 = datetime(2026, 6, 1, 9, 5, tzinfo=UTC)
     t2 = t1 + timedelta(hours=1)
-    detail_ok = {
-        "establishments": {
-            A: {"status": "ok", "unmapped": 3},
-            B: {"status": "ok", "unmapped": 0},
-        },
-        "deliveries": {"sesan": {"failed": 0, "error": ""}},
-    }
-    detail_down = {
-        "establishments": {A: {"status": "ok", "unmapped": 1}, B: {"status": "source_down"}},
-        "deliveries": {"sesan": {"failed": 2, "error": "timeout"}},
-    }
-    newest_first = [
-        CycleRow(t2, t2, t2, "failed", 1, 0, detail_down),
-        CycleRow(t1, t1, t1, "ok", 2, 0, detail_ok),
-    ]
+    detail_ok = CycleDetail(
+        {A: EstablishmentDetail(ok, unmapped=3), B: EstablishmentDetail(ok)},
+        {"sesan": DeliveryDetail(delivered=2)},
+    )
+    detail_down = CycleDetail(
+        {A: EstablishmentDetail(ok, unmapped=1), B: EstablishmentDetail(down, error="refused")},
+        {"sesan": DeliveryDetail(failed=2, error="timeout")},
+    )
+    # Through the state, as the daemon does at start: the detail goes to JSON and back.
+    store.record_cycle(t1, t1, t1, CycleOutcome.OK, 2, 0, detail_ok)
+    store.record_cycle(t2, t2, t2, CycleOutcome.FAILED, 1, 0, detail_down)
+    newest_first = store.recent_cycles(10)
+    assert [c.detail for c in newest_first] == [detail_down, detail_ok]
     metrics.restore(newest_first)
     assert value(metrics, "rorfeed_last_cycle_timestamp_seconds") == t2.timestamp()
     assert value(metrics, "rorfeed_last_success_timestamp_seconds", finess=A) == t2.timestamp()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from rorfeed import __version__
 from rorfeed.errors import ConfigError, RorfeedError, StateError, shown
 from rorfeed.exit_codes import ExitCode
+from rorfeed.model import EstablishmentStatus
 
 if TYPE_CHECKING:
     from rorfeed.config import Config, EmergencyConfig
@@ -280,34 +281,43 @@ def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
         reasons = [
             f"{e.finess}: {e.error.splitlines()[0]}"
             for e in report.establishments
-            if e.status in ("source_down", "mapping_error")
+            if e.status in (EstablishmentStatus.SOURCE_DOWN, EstablishmentStatus.MAPPING_ERROR)
         ] + [f"{d.destination}: {d.error}" for d in report.deliveries if not d.ok]
         print(f"rorfeed: cycle failed — {'; '.join(reasons)}", file=sys.stderr)
         return ExitCode.FAILED
-    stopped = [e.finess for e in report.establishments if e.status == "killswitch"]
+    stopped = [
+        e.finess for e in report.establishments if e.status is EstablishmentStatus.KILLSWITCH
+    ]
     if stopped:
         print(f"rorfeed: kill-switch on, nothing sent for {', '.join(stopped)}", file=sys.stderr)
     return ExitCode.OK
+
+
+# The establishments whose units were not judged, and why, in the summary's words; a
+# kill-switch tripped in this cycle (rejections seen) is said with the counts instead.
+_NOTHING_READ = {
+    EstablishmentStatus.SOURCE_DOWN: "source unreachable",
+    EstablishmentStatus.MAPPING_ERROR: "mapping invalid",
+    EstablishmentStatus.KILLSWITCH: "kill-switch on, nothing sent",
+}
 
 
 def format_summary(report: CycleReport) -> str:
     lines = [f"Cycle {report.cycle_time.isoformat()} — {report.outcome}"]
     for e in report.establishments:
         head = f"  {e.name} ({e.finess}): "
-        if e.status in ("source_down", "mapping_error") or (
-            e.status == "killswitch" and not e.rejected
-        ):
-            what = {
-                "source_down": "source unreachable",
-                "mapping_error": "mapping invalid",
-                "killswitch": "kill-switch on, nothing sent",
-            }[e.status]
+        what = _NOTHING_READ.get(e.status)
+        if what is not None and not (e.status is EstablishmentStatus.KILLSWITCH and e.rejected):
             lines.append(head + what + (f": {e.error.splitlines()[0]}" if e.error else ""))
             continue
         lines.append(
             head + f"{e.sent} sent, {e.rejected_count} rejected, {e.manual} manual, "
             f"{len(e.unmapped)} unmapped, {len(e.files)} files"
-            + (" — kill-switch tripped, nothing sent" if e.status == "killswitch" else "")
+            + (
+                " — kill-switch tripped, nothing sent"
+                if e.status is EstablishmentStatus.KILLSWITCH
+                else ""
+            )
         )
         for rule, n in sorted(e.rejected.items()):
             lines.append(f"    rejected by {rule}: {n}")
@@ -345,7 +355,7 @@ def _status(config: Config, as_json: bool) -> int:
             "cycle_time": _iso(c.cycle_time, config),
             "started_at": _iso(c.started_at, config),
             "finished_at": _iso(c.finished_at, config),
-            "outcome": c.outcome,
+            "outcome": c.outcome.value,
             "sent": c.sent,
             "rejected": c.rejected,
         }

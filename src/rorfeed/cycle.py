@@ -30,7 +30,20 @@ from rorfeed.killswitch import (
     unreachable_trips,
 )
 from rorfeed.mapping import Mapping, parse_mapping
-from rorfeed.model import GLOBAL, Extraction, MappedUnit, Mode, Snapshot, SourceRow, UnitRecord
+from rorfeed.model import (
+    GLOBAL,
+    CycleDetail,
+    CycleOutcome,
+    DeliveryDetail,
+    EstablishmentDetail,
+    EstablishmentStatus,
+    Extraction,
+    MappedUnit,
+    Mode,
+    Snapshot,
+    SourceRow,
+    UnitRecord,
+)
 from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
 from rorfeed.rules import Judge, RuleOptions, Verdict
 from rorfeed.sources import open_source
@@ -54,11 +67,15 @@ def file_name(template: str, finess: str, cycle_time: datetime, ext: str) -> str
     return template.format(finess=finess, timestamp=file_timestamp(cycle_time), ext=ext)
 
 
+# An establishment's part of the cycle failed: the cycle did not do its work.
+_FAILED = (EstablishmentStatus.SOURCE_DOWN, EstablishmentStatus.MAPPING_ERROR)
+
+
 @dataclass
 class EstablishmentReport:
     finess: str
     name: str
-    status: str = "ok"  # ok | source_down | mapping_error | killswitch | nothing_to_send
+    status: EstablishmentStatus = EstablishmentStatus.OK
     error: str = ""
     sent: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # rule → units
@@ -91,17 +108,18 @@ class CycleReport:
     @property
     def failed(self) -> bool:
         """The work failed: a source unreachable, a mapping unreadable or a delivery failed."""
-        return any(
-            e.status in ("source_down", "mapping_error") for e in self.establishments
-        ) or any(not d.ok for d in self.deliveries)
+        return any(e.status in _FAILED for e in self.establishments) or any(
+            not d.ok for d in self.deliveries
+        )
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> CycleOutcome:
         if self.failed:
-            return "failed"
-        if self.rejected or any(e.status == "killswitch" for e in self.establishments):
-            return "partial"
-        return "ok"
+            return CycleOutcome.FAILED
+        stopped = any(e.status is EstablishmentStatus.KILLSWITCH for e in self.establishments)
+        if self.rejected or stopped:
+            return CycleOutcome.PARTIAL
+        return CycleOutcome.OK
 
 
 def rule_options(config: Config) -> RuleOptions:
@@ -201,7 +219,7 @@ class Cycle:
         try:
             mapping = parse_mapping(self.config.resolve(est.mapping))
         except MappingError as exc:
-            rep.status, rep.error = "mapping_error", str(exc)
+            rep.status, rep.error = EstablishmentStatus.MAPPING_ERROR, str(exc)
             bound.error("mapping_invalid", error=str(exc))
             return rep
         if dry:
@@ -218,14 +236,14 @@ class Cycle:
         sendable = [m for m in mapping.units if states[m.ror_id].sendable]
         rep.manual = len(mapping.units) - len(sendable)
         if stopped:
-            rep.status = "killswitch"
+            rep.status = EstablishmentStatus.KILLSWITCH
             bound.warning("killswitch_on", units=len(sendable))
             return rep
 
         try:
             extraction = open_source(self.config, index).fetch()
         except SourceError as exc:
-            rep.status, rep.error = "source_down", str(exc)
+            rep.status, rep.error = EstablishmentStatus.SOURCE_DOWN, str(exc)
             bound.error("source_down", error=str(exc))
             if not dry:
                 streak = self.store.source_unreachable(est.finess, down=True)
@@ -271,11 +289,11 @@ class Cycle:
                     f"{len(rep.rejected_units)} unités rejetées sur {len(sendable)} "
                     "automatisées dans le même cycle",
                 )
-                rep.status = "killswitch"
+                rep.status = EstablishmentStatus.KILLSWITCH
                 bound.error("killswitch_tripped", rejected=len(rep.rejected_units))
                 return rep
         if not accepted:
-            rep.status = "nothing_to_send"
+            rep.status = EstablishmentStatus.NOTHING_TO_SEND
             bound.warning("nothing_to_send", rejected=rep.rejected_count)
             return rep
         rep.sent = len(accepted)
@@ -457,27 +475,23 @@ def _hold_reason(store: Store, row: LedgerRow, snapshot_units: dict[int, set[str
     return None
 
 
-def _cycle_detail(report: CycleReport) -> dict[str, object]:
-    return {
-        "establishments": {
-            e.finess: {
-                "status": e.status,
-                "sent": e.sent,
-                "rejected": dict(e.rejected),
-                "unmapped": len(e.unmapped),
-                "error": e.error,
-            }
+def _cycle_detail(report: CycleReport) -> CycleDetail:
+    return CycleDetail(
+        {
+            e.finess: EstablishmentDetail(
+                e.status, e.sent, dict(e.rejected), len(e.unmapped), e.error
+            )
             for e in report.establishments
         },
-        "deliveries": {
-            d.destination: {
-                "delivered": len(d.delivered),
-                "failed": len(d.failed),
-                "superseded": len(d.superseded),
-                "expired": len(d.expired),
-                "uncertain": len(d.uncertain),
-                "error": d.error,
-            }
+        {
+            d.destination: DeliveryDetail(
+                delivered=len(d.delivered),
+                failed=len(d.failed),
+                superseded=len(d.superseded),
+                expired=len(d.expired),
+                uncertain=len(d.uncertain),
+                error=d.error,
+            )
             for d in report.deliveries
         },
-    }
+    )

@@ -31,7 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from rorfeed.errors import RorfeedError
-from rorfeed.model import GLOBAL, Mode
+from rorfeed.model import GLOBAL, CycleOutcome, EstablishmentStatus, Mode
 from rorfeed.rules import HARD_RULES, WARNING_RULES
 from rorfeed.state import CycleRow, StateFigures, Store
 
@@ -44,9 +44,9 @@ log = structlog.get_logger("rorfeed.metrics")
 MODES = tuple(m.value for m in Mode)
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # An establishment's pivot files were written this cycle: the cycle succeeded for it.
-_SUCCESS = "ok"
+_SUCCESS = EstablishmentStatus.OK
 # Its source was read this cycle: its unmapped count is known.
-_SOURCE_READ = ("ok", "nothing_to_send")
+_SOURCE_READ = (EstablishmentStatus.OK, EstablishmentStatus.NOTHING_TO_SEND)
 
 
 def _ts(value: datetime) -> float:
@@ -216,18 +216,18 @@ class Metrics:
     def observe_cycle(self, report: CycleReport) -> None:
         """Account for one finished cycle."""
         self.cycles.inc()
-        if report.outcome == "failed":
+        if report.outcome is CycleOutcome.FAILED:
             self.cycles_failed.inc()
-        elif report.outcome == "partial":
+        elif report.outcome is CycleOutcome.PARTIAL:
             self.cycles_partial.inc()
         self.duration.observe(report.duration)
         self.last_cycle.set(_ts(report.cycle_time))
         for e in report.establishments:
-            if e.status == _SUCCESS:
+            if e.status is _SUCCESS:
                 self.last_success.labels(e.finess).set(_ts(report.cycle_time))
             if e.status in _SOURCE_READ:
                 self.unmapped.labels(e.finess).set(len(e.unmapped))
-            if e.status == "source_down":
+            if e.status is EstablishmentStatus.SOURCE_DOWN:
                 self.source_failures.labels(e.finess).inc()
             self.sent.labels(e.finess).inc(e.sent)
             for rule, n in e.rejected.items():
@@ -267,27 +267,20 @@ class Metrics:
         known_unmapped: set[str] = set()
         known_delivery: set[str] = set()
         for cycle in cycles:
-            ests = cycle.detail.get("establishments", {})
-            for finess, info in ests.items() if isinstance(ests, dict) else ():
-                if finess not in self._finesses or not isinstance(info, dict):
+            for finess, est in cycle.detail.establishments.items():
+                if finess not in self._finesses:
                     continue
-                status = info.get("status")
-                if status == _SUCCESS and finess not in known_success:
+                if est.status is _SUCCESS and finess not in known_success:
                     known_success.add(finess)
                     self.last_success.labels(finess).set(_ts(cycle.cycle_time))
-                if status in _SOURCE_READ and finess not in known_unmapped:
+                if est.status in _SOURCE_READ and finess not in known_unmapped:
                     known_unmapped.add(finess)
-                    self.unmapped.labels(finess).set(int(info.get("unmapped", 0)))
-            deliveries = cycle.detail.get("deliveries", {})
-            for dest, info in deliveries.items() if isinstance(deliveries, dict) else ():
-                if (
-                    dest not in self._destinations
-                    or dest in known_delivery
-                    or not isinstance(info, dict)
-                ):
+                    self.unmapped.labels(finess).set(est.unmapped)
+            for dest, delivery in cycle.detail.deliveries.items():
+                if dest not in self._destinations or dest in known_delivery:
                     continue
                 known_delivery.add(dest)
-                failing = bool(info.get("failed")) or bool(info.get("error"))
+                failing = bool(delivery.failed) or bool(delivery.error)
                 self.delivery_failing.labels(dest).set(1 if failing else 0)
 
 

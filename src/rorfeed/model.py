@@ -6,7 +6,8 @@ validation, raw values in a `SourceRow` have not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -150,3 +151,71 @@ class CycleOutcome(StrEnum):
     OK = "ok"
     PARTIAL = "partial"
     FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class EstablishmentDetail:
+    """One establishment's part of a recorded cycle."""
+
+    status: EstablishmentStatus
+    sent: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # rule → units
+    unmapped: int = 0  # source units not in the mapping
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryDetail:
+    """One destination's delivery in a recorded cycle: files by how they ended."""
+
+    delivered: int = 0
+    failed: int = 0
+    superseded: int = 0
+    expired: int = 0
+    uncertain: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CycleDetail:
+    """What a cycle did, as the state records it (JSON) and the metrics and pages read it."""
+
+    establishments: dict[str, EstablishmentDetail] = field(default_factory=dict)  # by FINESS
+    deliveries: dict[str, DeliveryDetail] = field(default_factory=dict)  # by destination
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "establishments": {k: asdict(v) for k, v in self.establishments.items()},
+                "deliveries": {k: asdict(v) for k, v in self.deliveries.items()},
+            },
+            ensure_ascii=False,
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> CycleDetail:
+        """The detail `to_json` wrote (rorfeed has always written these keys)."""
+        doc = json.loads(text)
+        return cls(
+            {
+                finess: EstablishmentDetail(
+                    EstablishmentStatus(e["status"]),
+                    int(e.get("sent", 0)),
+                    {str(rule): int(n) for rule, n in (e.get("rejected") or {}).items()},
+                    int(e.get("unmapped", 0)),
+                    str(e.get("error") or ""),
+                )
+                for finess, e in (doc.get("establishments") or {}).items()
+            },
+            {
+                name: DeliveryDetail(
+                    **{k: int(d.get(k, 0)) for k in _DELIVERY_COUNTS},
+                    error=str(d.get("error") or ""),
+                )
+                for name, d in (doc.get("deliveries") or {}).items()
+            },
+        )
+
+
+_DELIVERY_COUNTS = ("delivered", "failed", "superseded", "expired", "uncertain")

@@ -119,19 +119,11 @@ def destination_rows(config: Config, store: Store, cycles: list[CycleRow]) -> li
     rows = []
     for d in config.file.destinations:
         last = next(
-            (
-                c.cycle_time
-                for c in cycles
-                if c.detail.get("deliveries", {}).get(d.name, {}).get("delivered", 0)
-            ),
+            (c.cycle_time for c in cycles if _delivered(c, d.name)),
             None,
         )
         info = next(
-            (
-                c.detail["deliveries"][d.name]
-                for c in cycles
-                if d.name in c.detail.get("deliveries", {})
-            ),
+            (c.detail.deliveries[d.name] for c in cycles if d.name in c.detail.deliveries),
             None,
         )
         rows.append(
@@ -141,9 +133,15 @@ def destination_rows(config: Config, store: Store, cycles: list[CycleRow]) -> li
                 tuple(establishment_name(config, f) for f in d.establishments),
                 waiting.get(d.name, 0),
                 last,
-                None if info is None else int(info.get("delivered", 0)),
-                0 if info is None else int(info.get("failed", 0)),
-                "" if info is None else str(info.get("error") or ""),
+                None if info is None else info.delivered,
+                0 if info is None else info.failed,
+                "" if info is None else info.error,
             )
         )
     return rows
+
+
+def _delivered(cycle: CycleRow, destination: str) -> bool:
+    """Whether `cycle` delivered at least one file to `destination`."""
+    delivery = cycle.detail.deliveries.get(destination)
+    return delivery is not None and delivery.delivered > 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
+from rorfeed.model import CycleDetail, CycleOutcome
 from rorfeed.state.schema import cycles_t
 
 
@@ -18,10 +17,10 @@ class CycleRow:
     cycle_time: datetime
     started_at: datetime
     finished_at: datetime | None
-    outcome: str
+    outcome: CycleOutcome
     sent: int
     rejected: int
-    detail: dict[str, Any]
+    detail: CycleDetail
 
 
 class Cycles:
@@ -35,10 +34,10 @@ class Cycles:
         cycle_time: datetime,
         started_at: datetime,
         finished_at: datetime,
-        outcome: str,
+        outcome: CycleOutcome,
         sent: int,
         rejected: int,
-        detail: dict[str, Any],
+        detail: CycleDetail,
     ) -> None:
         self._conn.execute(
             insert(cycles_t).values(
@@ -48,7 +47,7 @@ class Cycles:
                 outcome=outcome,
                 sent=sent,
                 rejected=rejected,
-                detail=json.dumps(detail, ensure_ascii=False, sort_keys=True),
+                detail=detail.to_json(),
             )
         )
 
@@ -60,10 +59,10 @@ class Cycles:
                 r.cycle_time,
                 r.started_at,
                 r.finished_at,
-                r.outcome,
+                CycleOutcome(r.outcome),
                 r.sent,
                 r.rejected,
-                json.loads(r.detail),
+                CycleDetail.from_json(r.detail),
             )
             for r in self._conn.execute(q)
         ]

@@ -16,14 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from rorfeed.errors import StateError
-from rorfeed.model import BedCounts, MappedUnit, Mode
+from rorfeed.model import BedCounts, CycleDetail, CycleOutcome, MappedUnit, Mode
 from rorfeed.state.audit import Audit, AuditEntry
 from rorfeed.state.cycles import CycleRow, Cycles
 from rorfeed.state.emails import EmailRow, Emails
@@ -129,10 +128,10 @@ class Store:
         cycle_time: datetime,
         started_at: datetime,
         finished_at: datetime,
-        outcome: str,
+        outcome: CycleOutcome,
         sent: int,
         rejected: int,
-        detail: dict[str, Any],
+        detail: CycleDetail,
     ) -> None:
         with self.tx() as tx:
             tx.cycles.record(cycle_time, started_at, finished_at, outcome, sent, rejected, detail)

@@ -7,7 +7,7 @@ from datetime import datetime, tzinfo
 
 from markupsafe import Markup
 
-from rorfeed.model import Mode
+from rorfeed.model import CycleOutcome, EstablishmentStatus, Mode
 from rorfeed.reads import ManualReason
 from rorfeed.state import AuditEntry, UnitState
 from rorfeed.web.auth import Role
@@ -16,13 +16,17 @@ from rorfeed.wording import agreed
 
 ROLE_NAMES = {Role.LEAD: "chef de projet", Role.VIEWER: "consultation"}
 MODE_NAMES = {Mode.AUTO: "automatique", Mode.MANUAL: "manuel"}
-OUTCOMES = {"ok": "réussi", "partial": "partiel", "failed": "en échec"}
+OUTCOMES = {
+    CycleOutcome.OK: "réussi",
+    CycleOutcome.PARTIAL: "partiel",
+    CycleOutcome.FAILED: "en échec",
+}
 ESTABLISHMENT_STATUSES = {
-    "ok": "envoyé",
-    "source_down": "source injoignable",
-    "mapping_error": "mapping invalide",
-    "killswitch": "coupure : rien envoyé",
-    "nothing_to_send": "rien à envoyer",
+    EstablishmentStatus.OK: "envoyé",
+    EstablishmentStatus.SOURCE_DOWN: "source injoignable",
+    EstablishmentStatus.MAPPING_ERROR: "mapping invalide",
+    EstablishmentStatus.KILLSWITCH: "coupure : rien envoyé",
+    EstablishmentStatus.NOTHING_TO_SEND: "rien à envoyer",
 }
 MANUAL_REASONS = {
     ManualReason.DECLARED_MANUAL: "déclarée manuelle dans le mapping",
