@@ -23,10 +23,9 @@ from rorfeed.errors import MappingError, RorfeedError
 from rorfeed.exit_codes import ExitCode
 from rorfeed.mapping import Mapping, compare_referential, parse_mapping, parse_referential
 from rorfeed.model import Mode
-from rorfeed.outbox import one_line
 from rorfeed.sources import open_source
 from rorfeed.transports import open_transport
-from rorfeed.wording import counted_en
+from rorfeed.wording import counted_en, one_line
 
 
 class _Printer:

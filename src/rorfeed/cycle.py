@@ -22,6 +22,7 @@ import structlog
 from rorfeed import pivot
 from rorfeed.config import Config, EstablishmentSection
 from rorfeed.control import Control
+from rorfeed.durable import write_atomic
 from rorfeed.errors import MappingError, SourceError
 from rorfeed.killswitch import (
     Thresholds,
@@ -44,7 +45,7 @@ from rorfeed.model import (
     SourceRow,
     UnitRecord,
 )
-from rorfeed.outbox import DeliveryReport, Outbox, write_atomic
+from rorfeed.outbox import DeliveryReport, Outbox
 from rorfeed.rules import Judge, RuleOptions, Verdict
 from rorfeed.sources import open_source
 from rorfeed.state import FeedState, LedgerRow, Store

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import structlog
 
-from rorfeed.durable import fsync_dir
+from rorfeed.durable import fsync_dir, write_temp, writer_alive
 from rorfeed.errors import (
     AuthFailed,
     ConnectTimeout,
@@ -56,6 +56,7 @@ from rorfeed.errors import (
 from rorfeed.model import LedgerStatus
 from rorfeed.state import LedgerRow, Store
 from rorfeed.transports.base import Session, Transport
+from rorfeed.wording import one_line
 
 log = structlog.get_logger("rorfeed.outbox")
 
@@ -72,35 +73,6 @@ PERMANENT_ERRORS: tuple[type[TransportError], ...] = (
 _LOCK_POLL_SECONDS = 0.1
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the whole file or nothing, even on a crash."""
-    tmp = write_temp(path, data)
-    try:
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def write_temp(path: Path, data: bytes) -> Path:
-    """Write `data`, fsynced, to a temporary name beside `path`; return that name.
-
-    The name, `.<name>.<pid>.tmp`, carries the writer's process id: a temporary file whose
-    writer is dead was left by a crash, and the next delivery removes it (`Outbox._sweep`).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
 @contextlib.contextmanager
 def _work_dir_errors(what: str) -> Iterator[None]:
     """The work folder's failures (a full disk, ...) as `WorkDirError`, naming the file."""
@@ -108,25 +80,6 @@ def _work_dir_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise WorkDirError(f"work folder: cannot {what}: {exc.strerror or exc}") from exc
-
-
-def _writer_alive(temp_name: str) -> bool:
-    """Whether the process that writes the temporary file `temp_name` still runs."""
-    pid = temp_name.rsplit(".", 2)[-2]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def one_line(text: str) -> str:
-    """`text` on one line (a report line, a `check` line): its lines joined by spaces."""
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 @dataclass
@@ -445,7 +398,7 @@ class Outbox:
         entries = [p for p in folder.iterdir() if p.is_file()]
         for temp in entries:
             name = temp.name
-            if name.startswith(".") and name.endswith(".tmp") and not _writer_alive(name):
+            if name.startswith(".") and name.endswith(".tmp") and not writer_alive(name):
                 temp.unlink(missing_ok=True)
                 log.info("outbox_temp_removed", destination=destination, file=name)
         strays = {p.name for p in entries if not p.name.startswith(".") and p.name not in live}

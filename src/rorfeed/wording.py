@@ -19,3 +19,8 @@ def counted(n: int, singular: str, plural: str | None = None) -> str:
 def counted_en(n: int, singular: str, plural: str | None = None) -> str:
     """`n` and its English word, for ops' command-line lines: "1 unit", "0 units"."""
     return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def one_line(text: str) -> str:
+    """`text` on one line (a mail line, a `check` line): every run of whitespace one space."""
+    return " ".join(text.split())

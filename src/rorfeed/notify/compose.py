@@ -14,7 +14,7 @@ from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 from rorfeed.model import ACTOR_RORFEED, BedCounts, KillswitchEvent, Mode, UnitModeEvent, UnitRef
-from rorfeed.wording import counted
+from rorfeed.wording import counted, one_line
 
 SUBJECT_PREFIX = "[rorfeed]"
 
@@ -55,11 +55,6 @@ def format_time(at: datetime, zone: tzinfo) -> str:
     else:
         where = utc
     return f"{local:%d/%m/%Y} à {local:%H:%M} ({where})"
-
-
-def one_line(text: str) -> str:
-    """`text` on one line, every run of whitespace (line breaks included) one space."""
-    return " ".join(text.split())
 
 
 def _establishment(name: str | None, finess: str) -> str:

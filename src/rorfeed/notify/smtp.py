@@ -26,8 +26,8 @@ import structlog
 
 from rorfeed.config import Config, NotifySection
 from rorfeed.errors import StateError
-from rorfeed.notify.compose import one_line
 from rorfeed.state import EmailRow, Store
+from rorfeed.wording import one_line
 
 log = structlog.get_logger("rorfeed.notify")
 
