@@ -179,7 +179,7 @@ def _emergency(partial: EmergencyConfig, args: argparse.Namespace) -> int:
     from rorfeed.state import open_store
 
     try:
-        store = open_store(partial.state_url)
+        store = open_store(partial.state_url, partial.state_password)
         notifier = Notifier(partial.notify, partial.notify_password)
         control = Control(store, Directory(partial.names, partial.zone), notifier)
         code = _change(control, args, lenient_finess=True)
@@ -251,7 +251,7 @@ def _open_store(config: Config, *, read_only_if_missing: bool = False) -> Store:
         if read_only_if_missing and not db.exists():
             # A dry run changes no state: not even by creating an empty store.
             return open_store("sqlite://")
-    return open_store(url)
+    return open_store(url, config.state_password)
 
 
 def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:

@@ -26,6 +26,7 @@ from rorfeed.schedule import schedule_problem
 from rorfeed.sections import READABLE, DestinationCommon, ReadableFile, SourceCommon, Strict
 from rorfeed.sources import SOURCES
 from rorfeed.transports import DESTINATIONS
+from rorfeed.url_password import url_password
 
 DEFAULT_CONFIG_PATH = Path("/etc/rorfeed/rorfeed.toml")
 
@@ -39,8 +40,12 @@ class DaemonSection(Strict):
         "/var/lib/rorfeed", description="holds outbox/, archive/ and, by default, state.db"
     )
     state_url: str = Field(
-        "", description="SQLAlchemy URL of the state store; empty = sqlite:///<work_dir>/state.db"
+        "",
+        description="SQLAlchemy URL of the state store (no password in it); empty = "
+        "sqlite:///<work_dir>/state.db",
     )
+    state_password_file: str = Field("", description="file holding the state store's password")
+    state_password_env: str = Field("", description="or: environment variable holding it")
     archive_days: int = Field(30, ge=1, description="days a delivered file stays in archive/")
 
 
@@ -164,6 +169,11 @@ class Config:
     @property
     def state_url(self) -> str:
         return state_url_of(self.file.daemon, self.base_dir)
+
+    @property
+    def state_password(self) -> str | None:
+        """The state store's password (`daemon.state_password_file|_env`), None without one."""
+        return self.secrets.get("daemon.state_password")
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -327,6 +337,13 @@ def _check_section(
         value = getattr(section, name)
         if READABLE in info.metadata and (value or info.is_required()):
             _check_file(config, f"{key}.{name}", value, problems)
+        if (name == "url" or name.endswith("_url")) and url_password(value):
+            # Never in the URL, where every message naming the database would carry it (§3).
+            beside = f"{key}.{name.removesuffix('url')}password"
+            problems.append(
+                f"{key}.{name}: holds a password — remove it from the URL and put it in"
+                f" {beside}_file (or {beside}_env)"
+            )
     for name in fields:
         secret_name = name.removesuffix("_file")
         if secret_name == name or f"{secret_name}_env" not in fields:
@@ -351,6 +368,7 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
             f'daemon.timezone: found "{f.daemon.timezone}", expected an IANA zone such as '
             '"Europe/Paris"'
         )
+    _check_section(config, "daemon", f.daemon, problems, secrets)
     cron_problem = schedule_problem(f.daemon.schedule)
     if cron_problem:
         problems.append(f"daemon.schedule: {cron_problem}")
@@ -458,11 +476,16 @@ class EmergencyConfig:
 
     path: Path
     state_url: str
+    state_password: str | None
     names: dict[str, str]  # FINESS → establishment name, of every readable establishment
     zone: zoneinfo.ZoneInfo
     notify: NotifySection | None
     notify_password: str | None
     problems: list[str]  # why the full configuration did not load: reported as warnings
+
+
+# What locates and opens the state store: kept from a [daemon] section that is otherwise invalid.
+_STATE_KEYS = ("work_dir", "state_url", "state_password_file", "state_password_env")
 
 
 def load_emergency(path: Path, problems: list[str]) -> EmergencyConfig:
@@ -477,11 +500,7 @@ def load_emergency(path: Path, problems: list[str]) -> EmergencyConfig:
     except ValidationError:
         # Keep whatever locates the state store; the rest falls back to its default.
         daemon = DaemonSection.model_validate(
-            {
-                k: v
-                for k, v in (daemon_raw or {}).items()
-                if k in ("work_dir", "state_url") and isinstance(v, str)
-            }
+            {k: v for k, v in (daemon_raw or {}).items() if k in _STATE_KEYS and isinstance(v, str)}
         )
     try:
         zone = zoneinfo.ZoneInfo(daemon.timezone)
@@ -503,9 +522,17 @@ def load_emergency(path: Path, problems: list[str]) -> EmergencyConfig:
         password = _read_secret(
             path.parent, "notify.password", notify.password_file, notify.password_env, []
         )
+    state_password = _read_secret(
+        path.parent,
+        "daemon.state_password",
+        daemon.state_password_file,
+        daemon.state_password_env,
+        [],
+    )
     return EmergencyConfig(
         path=path,
         state_url=state_url_of(daemon, path.parent),
+        state_password=state_password,
         names=names,
         zone=zone,
         notify=notify,

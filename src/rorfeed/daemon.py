@@ -62,6 +62,7 @@ from rorfeed.exit_codes import ExitCode
 from rorfeed.metrics_endpoint import MetricsEndpoint
 from rorfeed.schedule import Trigger, missed_run, previous_fire_time, schedule_trigger
 from rorfeed.systemd import Notifier
+from rorfeed.url_password import without_password
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -404,9 +405,9 @@ class Daemon:
             )
             trigger = schedule_trigger(new) if schedule_changed else None
             store = self.store
-            if new.state_url != old.state_url:
+            if (new.state_url, new.state_password) != (old.state_url, old.state_password):
                 try:
-                    store = open_store(new.state_url)
+                    store = open_store(new.state_url, new.state_password)
                 except StateError as exc:
                     raise ConfigError([f"{path.name}: daemon.state_url: {exc}"]) from None
         except ConfigError as exc:
@@ -459,13 +460,7 @@ class Daemon:
 
 
 def _display_state_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(unparsable URL)"
+    return without_password(url)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +482,7 @@ def serve(config_path: Path) -> int:
     # The `_created` companions of counters serve no alert and double the series.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
-        store = open_store(config.state_url)
+        store = open_store(config.state_url, config.state_password)
     except StateError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
         return ExitCode.FAILED

@@ -116,7 +116,7 @@ def users(
         print(f"rorfeed: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        store = store or open_store(config.state_url)
+        store = store or open_store(config.state_url, config.state_password)
         accounts = Accounts(store, hasher=hasher)
         if action == "list":
             return _list(store, name, config)

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from rorfeed.errors import StateError
+from rorfeed.url_password import scrubbed, url_password, without_password
 
 SCHEMA_VERSION = 3
 
@@ -241,15 +242,20 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def open_engine(url: str) -> Engine:
-    """The engine of the state store at `url`, its schema created or upgraded as needed."""
+def open_engine(url: str, password: str | None = None) -> Engine:
+    """The engine of the state store at `url` (its `password` given apart, SPEC §3), its schema
+    created or upgraded as needed."""
     try:
+        parsed = make_url(url)
+        if password is not None:
+            parsed = parsed.set(password=password)
         # A database server restarted between two cycles has closed the pooled connections:
         # each is checked before use (SQLite has no server to lose).
-        server = make_url(url).get_backend_name() != "sqlite"
-        engine = create_engine(url, future=True, pool_pre_ping=server)
+        server = parsed.get_backend_name() != "sqlite"
+        engine = create_engine(parsed, future=True, pool_pre_ping=server)
     except (SQLAlchemyError, ValueError) as exc:
-        raise StateError(f"state store {url}: {exc}") from exc
+        message = scrubbed(str(exc), url_password(url), password)
+        raise StateError(f"state store {without_password(url)}: {message}") from exc
     if engine.dialect.name == "sqlite":
         database = engine.url.database or ""
         if database and not database.startswith(":"):
@@ -261,7 +267,10 @@ def open_engine(url: str) -> Engine:
         _prepare(engine)
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise StateError(f"state store {engine.url!r}: {exc.__class__.__name__}: {exc}") from exc
+        message = scrubbed(str(exc), url_password(url), password)
+        raise StateError(
+            f"state store {engine.url!r}: {exc.__class__.__name__}: {message}"
+        ) from exc
     return engine
 
 

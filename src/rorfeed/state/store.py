@@ -281,6 +281,6 @@ class Store:
             tx.web_accounts.login_succeeded(name, now, new_password_hash)
 
 
-def open_store(url: str) -> Store:
-    """Open (creating or upgrading as needed) the state store at `url`."""
-    return Store(open_engine(url))
+def open_store(url: str, password: str | None = None) -> Store:
+    """Open (creating or upgrading as needed) the state store at `url`, with its `password`."""
+    return Store(open_engine(url, password))

@@ -62,7 +62,7 @@ def serve(config: Config) -> int:
 
     section = config.file.web or WebSection()
     try:
-        store = open_store(config.state_url)
+        store = open_store(config.state_url, config.state_password)
         app = create_app(config, store)
     except StateError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)

@@ -7,13 +7,11 @@ database restart between two cycles is invisible. Nothing is ever committed.
 from __future__ import annotations
 
 import math
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
@@ -27,6 +25,7 @@ from rorfeed.sources._columns import locate_columns
 from rorfeed.sources._deadline import run_with_deadline
 from rorfeed.sources.base import Source
 from rorfeed.sources.sql import SqlSourceSection
+from rorfeed.url_password import scrubbed, without_password
 
 # Drivers built on libpq, which understand `connect_timeout` and `options`.
 _LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2", "psycopg2cffi"})
@@ -126,9 +125,7 @@ class SqlSource:
             message = str(exc)
         message = " ".join(message.split()) or type(exc).__name__
         # Drivers do not put the password in their messages today; make sure none ever will.
-        if self._password:
-            for form in {self._password, quote(self._password, safe="")}:
-                message = message.replace(form, "***")
+        message = scrubbed(message, self._password)
         return message[:_MAX_REASON] + ("…" if len(message) > _MAX_REASON else "")
 
 
@@ -147,11 +144,7 @@ def from_config(config: Config, index: int) -> Source:
 
 
 def _display_url(raw: str) -> str:
-    try:
-        return make_url(raw).render_as_string(hide_password=True)
-    except SQLAlchemyError:
-        # Unparsable: still never show what could be a password between ':' and '@'.
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", raw)
+    return without_password(raw)
 
 
 def _sqlite_deadline(deadline: float) -> Callable[[Any, Any], None]:
