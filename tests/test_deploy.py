@@ -99,7 +99,10 @@ def test_unit_has_the_settings_the_daemon_relies_on() -> None:
     assert int(s["TimeoutStopSec"][0]) >= max(70, STOP_GRACE_SECONDS + 10)
     assert s["User"] == s["Group"] == ["rorfeed"]
     assert s["StateDirectory"] == s["ConfigurationDirectory"] == ["rorfeed"]
-    assert s["LoadCredential"] == ["rorfeed:/etc/rorfeed/credentials"]
+    assert s["LoadCredential"] == [
+        "rorfeed:/etc/rorfeed/credentials",
+        "rorfeed-web:/etc/rorfeed/web-credentials",
+    ]
     assert s["ExecStart"] == [f"{SHIPPED_EXEC} --config /etc/rorfeed/rorfeed.toml serve"]
     assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     for key in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges"):
@@ -140,6 +143,8 @@ def test_sysusers_and_tmpfiles_create_the_user_and_folders(tmp_path: Path) -> No
     assert (etc.st_mode & 0o777, etc.st_uid, etc.st_gid) == (0o750, 0, int(gid))
     creds = (tmp_path / "etc" / "rorfeed" / "credentials").stat()
     assert (creds.st_mode & 0o777, creds.st_uid, creds.st_gid) == (0o700, 0, 0)
+    web_creds = (tmp_path / "etc" / "rorfeed" / "web-credentials").stat()
+    assert (web_creds.st_mode & 0o777, web_creds.st_uid, web_creds.st_gid) == (0o700, 0, 0)
 
 
 def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:

@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_daemon(path)  # it validates the configuration itself, and again at each SIGHUP
     try:
-        config = config_mod.load(path)
+        config = config_mod.load(path, for_web=args.command == "web")
     except ConfigError as exc:
         if not _is_emergency(args):
             print("\n".join(exc.problems), file=sys.stderr)

@@ -279,8 +279,14 @@ def parse_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def load(path: Path) -> Config:
-    """Read, validate and resolve the configuration; raise `ConfigError` with every problem."""
+def load(path: Path, *, for_web: bool = False) -> Config:
+    """Read, validate and resolve the configuration; raise `ConfigError` with every problem.
+
+    `for_web`: for `rorfeed web`, which reads only the state store, `[web]` and `[notify]`
+    (SPEC §10.3): the whole file is validated, but no secret or key file of a source or a
+    destination is opened — a bug in the page then cannot reach them, and its systemd unit
+    needs none of the daemon's credentials.
+    """
     path = path.absolute()
     raw = parse_toml(path)
     name = path.name
@@ -291,7 +297,7 @@ def load(path: Path) -> Config:
     problems: list[str] = []
     secrets: dict[str, str] = {}
     config = Config(path=path, file=model, secrets=secrets)
-    _check_semantics(config, problems, secrets)
+    _check_semantics(config, problems, secrets, for_web=for_web)
     if problems:
         raise ConfigError([f"{name}: {p}" for p in problems])
     return config
@@ -327,15 +333,22 @@ def _check_file(config: Config, key: str, value: str, problems: list[str]) -> No
 
 
 def _check_section(
-    config: Config, key: str, section: BaseModel, problems: list[str], secrets: dict[str, str]
+    config: Config,
+    key: str,
+    section: BaseModel,
+    problems: list[str],
+    secrets: dict[str, str],
+    *,
+    read: bool = True,
 ) -> None:
     """The checks a section declares by its fields: every `ReadableFile` required or set must be
-    readable, and every `<name>_file` / `<name>_env` pair is read into `secrets["<key>.<name>"]`.
+    readable, and every `<name>_file` / `<name>_env` pair is read into `secrets["<key>.<name>"]`;
+    `read=False` opens none of them (the page's process, see `load`), checking the rest.
     """
     fields = type(section).model_fields
     for name, info in fields.items():
         value = getattr(section, name)
-        if READABLE in info.metadata and (value or info.is_required()):
+        if read and READABLE in info.metadata and (value or info.is_required()):
             _check_file(config, f"{key}.{name}", value, problems)
         if (name == "url" or name.endswith("_url")) and url_password(value):
             # Never in the URL, where every message naming the database would carry it (§3).
@@ -344,7 +357,7 @@ def _check_section(
                 f"{key}.{name}: holds a password — remove it from the URL and put it in"
                 f" {beside}_file (or {beside}_env)"
             )
-    for name in fields:
+    for name in fields if read else ():
         secret_name = name.removesuffix("_file")
         if secret_name == name or f"{secret_name}_env" not in fields:
             continue
@@ -359,7 +372,9 @@ def _check_section(
             secrets[f"{key}.{secret_name}"] = secret
 
 
-def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str]) -> None:
+def _check_semantics(
+    config: Config, problems: list[str], secrets: dict[str, str], *, for_web: bool = False
+) -> None:
     f = config.file
     try:
         zoneinfo.ZoneInfo(f.daemon.timezone)
@@ -393,7 +408,7 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
             )
         seen_finess.setdefault(est.finess, i)
         _check_section(config, key, est, problems, secrets)
-        _check_section(config, f"{key}.source", est.source, problems, secrets)
+        _check_section(config, f"{key}.source", est.source, problems, secrets, read=not for_web)
 
     seen_dest: set[str] = set()
     for i, dest in enumerate(f.destinations):
@@ -415,7 +430,7 @@ def _check_semantics(config: Config, problems: list[str], secrets: dict[str, str
         problems.extend(
             f"{key}.file_name: {p}" for p in template_problems(dest.file_name, single=single)
         )
-        _check_section(config, key, dest, problems, secrets)
+        _check_section(config, key, dest, problems, secrets, read=not for_web)
 
     if f.web:
         _check_section(config, "web", f.web, problems, secrets)
