@@ -149,6 +149,12 @@ class Units:
         columns = (c.local_code, c.label)
         known = {r[0]: r for r in conn.execute(_feed_query(finess, *columns)).all()}
         seen = {u.ror_id for u in units}
+
+        def entry(
+            action: str, ror_id: str, code: str, previous: str | None, new: str, why: str
+        ) -> AuditEntry:
+            return AuditEntry(now, ACTOR_RORFEED, action, finess, ror_id, code, previous, new, why)
+
         for u in units:
             old = known.get(u.ror_id)
             # The common case first: a unit as it was (StrEnum ==). By position: by
@@ -178,11 +184,8 @@ class Units:
                     }
                 )
                 entries.append(
-                    AuditEntry(
-                        now,
-                        ACTOR_RORFEED,
+                    entry(
                         "mapping",
-                        finess,
                         u.ror_id,
                         u.local_code,
                         None,
@@ -195,11 +198,8 @@ class Units:
             if not old.in_mapping:
                 changes["in_mapping"] = True
                 entries.append(
-                    AuditEntry(
-                        now,
-                        ACTOR_RORFEED,
+                    entry(
                         "mapping",
-                        finess,
                         u.ror_id,
                         u.local_code,
                         "removed",
@@ -210,11 +210,8 @@ class Units:
             if old.local_code != u.local_code or old.label != u.label:
                 changes.update(local_code=u.local_code, label=u.label)
                 entries.append(
-                    AuditEntry(
-                        now,
-                        ACTOR_RORFEED,
+                    entry(
                         "mapping",
-                        finess,
                         u.ror_id,
                         u.local_code,
                         f"{old.local_code} ({old.label})",
@@ -225,11 +222,8 @@ class Units:
             if old.declared_mode != u.declared_mode.value:
                 changes["declared_mode"] = u.declared_mode.value
                 entries.append(
-                    AuditEntry(
-                        now,
-                        ACTOR_RORFEED,
+                    entry(
                         "mapping",
-                        finess,
                         u.ror_id,
                         u.local_code,
                         f"declared {old.declared_mode}",
@@ -246,11 +240,8 @@ class Units:
                         mode_reason="déclarée manuelle dans le mapping",
                     )
                     entries.append(
-                        AuditEntry(
-                            now,
-                            ACTOR_RORFEED,
+                        entry(
                             "unit_mode",
-                            finess,
                             u.ror_id,
                             u.local_code,
                             old.mode,
@@ -272,16 +263,8 @@ class Units:
                     .values(in_mapping=False)
                 )
                 entries.append(
-                    AuditEntry(
-                        now,
-                        ACTOR_RORFEED,
-                        "mapping",
-                        finess,
-                        ror_id,
-                        old.local_code,
-                        "mapped",
-                        "removed",
-                        "retirée du mapping",
+                    entry(
+                        "mapping", ror_id, old.local_code, "mapped", "removed", "retirée du mapping"
                     )
                 )
         # Batched: the first reading of a 10,000-unit mapping is two statements.
