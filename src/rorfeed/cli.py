@@ -84,6 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from PATH ('-' = stdin) instead of asking twice",
     )
 
+    mapping = sub.add_parser("mapping", help="show, compare and change the mappings")
+    mapping_sub = mapping.add_subparsers(
+        dest="mapping_command", required=True, parser_class=_Parser
+    )
+    show = mapping_sub.add_parser("show", help="the mappings as read now, modes beside (JSON)")
+    show.add_argument("finess", nargs="?", help="one establishment (default: all)")
+    show.add_argument("--version", type=int, help="print this kept version's file instead")
+    kept = mapping_sub.add_parser("versions", help="the kept versions of a mapping")
+    kept.add_argument("finess")
+    compared = mapping_sub.add_parser("diff", help="the changes from OLD to NEW")
+    compared.add_argument("finess")
+    for name in ("old", "new"):
+        compared.add_argument(name, help="a version number, `current`, or a file")
+    for name, text, what in (
+        ("apply", "preview a new mapping file, then write it", "file"),
+        ("restore", "preview a kept version, then write it back", "version"),
+    ):
+        change = mapping_sub.add_parser(name, help=text)
+        change.add_argument("finess")
+        change.add_argument(what, type=int if what == "version" else str)
+        change.add_argument("--yes", action="store_true", help="apply without asking")
+        _change_arguments(change)
+
     history = sub.add_parser("history", help="the audit trail, newest first")
     history.add_argument("--unit", help="local code or ROR fiche id")
     history.add_argument("--limit", type=int, default=50)
@@ -160,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rorfeed.users_cli import users
 
             return users(config, args.action, args.name, args.role, args.password_file)
+        if args.command == "mapping":
+            return _mapping(config, args)
         if args.command in ("units", "killswitch"):
             from rorfeed.control import Control
 
@@ -240,6 +265,32 @@ def _change(control: Control, args: argparse.Namespace, lenient_finess: bool = F
         return ExitCode.FAILED
     control.flush_notifications()
     return ExitCode.OK
+
+
+def _mapping(config: Config, args: argparse.Namespace) -> int:
+    from rorfeed import mapping_cli
+
+    store = _open_store(config)
+    command = args.mapping_command
+    if command == "show":
+        return mapping_cli.show(config, store, args.finess, args.version)
+    if command == "versions":
+        return mapping_cli.versions(store, args.finess)
+    if command == "diff":
+        return mapping_cli.diff(config, store, args.finess, args.old, args.new)
+    from rorfeed.control import Control
+
+    source = args.file if command == "apply" else f"version:{args.version}"
+    return mapping_cli.apply(
+        config,
+        store,
+        Control.from_config(config, store),
+        args.finess,
+        source,
+        reason=args.reason,
+        actor=args.by or default_actor(),
+        yes=args.yes,
+    )
 
 
 def _open_store(config: Config, *, read_only_if_missing: bool = False) -> Store:

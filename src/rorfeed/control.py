@@ -151,17 +151,24 @@ class Control:
 
     def notify_removed(self, units: Sequence[UnitState], reason: str) -> None:
         """A unit removed from the mapping is reported to the cell like a switch to manual."""
+        self.notify_left_feed(units, (), reason, ACTOR_RORFEED)
+
+    def notify_left_feed(
+        self,
+        removed: Sequence[UnitState],
+        redeclared: Sequence[UnitState],
+        reason: str,
+        actor: str,
+    ) -> None:
+        """Units that a mapping change took out of the automated feed (`removed` from it, or
+        `redeclared` manual in it), reported to the cell like switches to manual; the states
+        are those before the change."""
         now = self.clock()
         events = [
             UnitModeEvent(
-                unit_ref(u, self.directory),
-                u.mode,
-                Mode.MANUAL,
-                reason,
-                ACTOR_RORFEED,
-                now,
-                removed=True,
+                unit_ref(u, self.directory), u.mode, Mode.MANUAL, reason, actor, now, removed=gone
             )
+            for units, gone in ((removed, True), (redeclared, False))
             for u in units
         ]
         if events:

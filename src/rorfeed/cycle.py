@@ -30,8 +30,9 @@ from rorfeed.killswitch import (
     units_to_switch,
     unreachable_trips,
 )
-from rorfeed.mapping import Mapping, parse_mapping
+from rorfeed.mapping import Mapping, parse_mapping_text, read_mapping_text
 from rorfeed.model import (
+    ACTOR_RORFEED,
     GLOBAL,
     CycleDetail,
     CycleOutcome,
@@ -217,8 +218,10 @@ class Cycle:
         rep = EstablishmentReport(est.finess, est.name)
         bound = log.bind(finess=est.finess)
         dry = dry_run_dir is not None
+        mapping_path = self.config.resolve(est.mapping)
         try:
-            mapping = parse_mapping(self.config.resolve(est.mapping))
+            mapping_text = read_mapping_text(mapping_path)
+            mapping = parse_mapping_text(mapping_text, mapping_path)
         except MappingError as exc:
             rep.status, rep.error = EstablishmentStatus.MAPPING_ERROR, str(exc)
             bound.error("mapping_invalid", error=str(exc))
@@ -226,6 +229,10 @@ class Cycle:
         if dry:
             known = self.store.feed_states(est.finess)
         else:
+            # Every version a cycle reads is kept (SPEC §10.1): one edited on the server too.
+            self.store.keep_mapping_version(
+                est.finess, mapping_text, self.clock(), ACTOR_RORFEED, "lu par un cycle"
+            )
             entries, known = self.store.sync_mapping(est.finess, mapping.units, self.clock())
             removed = {e.ror_id for e in entries if e.new == "removed"}
             if removed:

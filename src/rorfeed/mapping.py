@@ -37,7 +37,8 @@ class Mapping:
         return self.by_ror_id().get(key) or self.by_local_code().get(key)
 
 
-def _read_text(path: Path) -> str:
+def read_mapping_text(path: Path) -> str:
+    """A mapping file's text (UTF-8, BOM tolerated); `MappingError` naming the file, else."""
     try:
         return path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
@@ -49,13 +50,44 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+# An uploaded mapping (from a spreadsheet): at most this many bytes.
+MAX_UPLOAD_BYTES = 1024 * 1024
+
+
+def decode_upload(data: bytes, where: str) -> str:
+    """The text of a proposed mapping: UTF-8 (BOM tolerated) or, as a spreadsheet on Windows
+    saves it, CP1252; anything else (a binary file, an image) is refused naming `where`."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise MappingError([f"{where}: {len(data)} bytes — a mapping is at most 1 MiB"])
+    if not data.strip():
+        raise MappingError([f"{where}: empty — expected a header {HEADER_HINT}"])
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise MappingError(
+                [f"{where}:{line}: not text (neither UTF-8 nor CP1252) — save it as CSV"]
+            ) from None
+    if "\x00" in text:
+        raise MappingError([f"{where}: not text (it holds NUL bytes) — save it as CSV"])
+    return text
+
+
 def detect_delimiter(first_line: str) -> str:
     return ";" if first_line.count(";") >= first_line.count(",") else ","
 
 
 def parse_mapping(path: Path) -> Mapping:
     """Read and check a mapping file; raise `MappingError` listing every problem."""
-    text = _read_text(path)
+    return parse_mapping_text(read_mapping_text(path), path)
+
+
+def parse_mapping_text(text: str, path: Path | str) -> Mapping:
+    """Check a mapping's text (a file's, or one proposed on the page or to `rorfeed mapping
+    apply`); `path` names it in the messages, which are the cycle's own."""
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise MappingError([f"{path}: empty — expected a header {HEADER_HINT}"])
@@ -141,7 +173,7 @@ def parse_referential(path: Path) -> set[str]:
 
     Accepts a one-column export, or a header with a `ror_id` (or `id_fiche_ror`) column.
     """
-    text = _read_text(path)
+    text = read_mapping_text(path)
     lines = text.splitlines()
     if not lines:
         return set()

@@ -15,6 +15,7 @@ from rorfeed.state.cycles import CycleRow
 from rorfeed.state.emails import EmailRow
 from rorfeed.state.figures import StateFigures
 from rorfeed.state.ledger import LedgerRow
+from rorfeed.state.mapping_versions import MappingVersion
 from rorfeed.state.schema import SCHEMA_VERSION
 from rorfeed.state.store import Store, Transaction, open_store
 from rorfeed.state.units import FeedState, UnitState
@@ -27,6 +28,7 @@ __all__ = [
     "EmailRow",
     "FeedState",
     "LedgerRow",
+    "MappingVersion",
     "StateFigures",
     "Store",
     "Transaction",

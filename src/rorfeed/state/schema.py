@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from rorfeed.errors import StateError
 from rorfeed.url_password import scrubbed, url_password, without_password
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -118,6 +118,20 @@ establishments_t = Table(
     # columns hold older values, for the units it does not carry (rejected, manual, new).
     # So an hour's delivery writes one row, not one per unit.
     Column("applied_snapshot_id", Integer),
+)
+
+# Every version of an establishment's mapping that a person confirmed or a cycle read (SPEC
+# §10.1): the page lists, compares, downloads and restores them.
+mapping_versions_t = Table(
+    "mapping_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("finess", String(9), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("digest", String(64), nullable=False),  # SHA-256 of the content, hex
+    Column("content", Text, nullable=False),
 )
 
 cycles_t = Table(
@@ -218,8 +232,17 @@ def _migrate_2_to_3(conn: Connection) -> None:
         )
 
 
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Version 4: the mapping's versions (none before: the first cycle keeps the current)."""
+    mapping_versions_t.create(conn, checkfirst=True)
+
+
 # Migrations from version N to N+1, as functions of a connection. Each keeps every row.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
+}
 
 
 # -- opening ------------------------------------------------------------------------------------

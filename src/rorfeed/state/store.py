@@ -22,13 +22,21 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from rorfeed.errors import StateError
-from rorfeed.model import BedCounts, CycleDetail, CycleOutcome, MappedUnit, Mode
+from rorfeed.model import (
+    ACTOR_RORFEED,
+    BedCounts,
+    CycleDetail,
+    CycleOutcome,
+    MappedUnit,
+    Mode,
+)
 from rorfeed.state.audit import Audit, AuditEntry
 from rorfeed.state.cycles import CycleRow, Cycles
 from rorfeed.state.emails import EmailRow, Emails
 from rorfeed.state.establishments import Establishments
 from rorfeed.state.figures import Figures, StateFigures
 from rorfeed.state.ledger import Ledger, LedgerRow
+from rorfeed.state.mapping_versions import MappingVersion, MappingVersions
 from rorfeed.state.schema import open_engine
 from rorfeed.state.units import FeedState, Units, UnitState
 from rorfeed.state.web_accounts import WebAccounts, WebUser
@@ -47,6 +55,7 @@ class Transaction:
         self.emails = Emails(conn)
         self.web_accounts = WebAccounts(conn)
         self.figures = Figures(conn)
+        self.mapping_versions = MappingVersions(conn)
 
 
 class Store:
@@ -74,10 +83,33 @@ class Store:
             return tx.units.feed_states(finess)
 
     def sync_mapping(
-        self, finess: str, units: tuple[MappedUnit, ...], now: datetime
+        self,
+        finess: str,
+        units: tuple[MappedUnit, ...],
+        now: datetime,
+        *,
+        actor: str = ACTOR_RORFEED,
+        reason: str | None = None,
     ) -> tuple[list[AuditEntry], dict[str, FeedState]]:
         with self.tx() as tx:
-            return tx.units.sync_mapping(finess, units, now)
+            return tx.units.sync_mapping(finess, units, now, actor=actor, reason=reason)
+
+    # -- mapping versions -------------------------------------------------------------------
+
+    def keep_mapping_version(
+        self, finess: str, content: str, now: datetime, actor: str, reason: str
+    ) -> bool:
+        """Keep `content` as `finess`'s newest mapping version unless it already is."""
+        with self.tx() as tx:
+            return tx.mapping_versions.keep(finess, content, now, actor, reason)
+
+    def mapping_versions(self, finess: str) -> list[MappingVersion]:
+        with self.tx() as tx:
+            return tx.mapping_versions.list(finess)
+
+    def mapping_version(self, finess: str, version_id: int) -> MappingVersion | None:
+        with self.tx() as tx:
+            return tx.mapping_versions.get(finess, version_id)
 
     def record_verdicts(
         self, finess: str, rejected: dict[str, tuple[str, ...]], accepted: dict[str, int]

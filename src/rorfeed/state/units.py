@@ -131,9 +131,17 @@ class Units:
         return _feed_states(self._conn.execute(_feed_query(finess)))
 
     def sync_mapping(
-        self, finess: str, units: tuple[MappedUnit, ...], now: datetime
+        self,
+        finess: str,
+        units: tuple[MappedUnit, ...],
+        now: datetime,
+        *,
+        actor: str = ACTOR_RORFEED,
+        reason: str | None = None,
     ) -> tuple[list[AuditEntry], dict[str, FeedState]]:
-        """Bring the units table in line with the mapping; audit each change as `rorfeed`.
+        """Bring the units table in line with the mapping; audit each change as `actor`
+        (`rorfeed` when a cycle reads the file; the account that confirmed a change on the page
+        or with `rorfeed mapping apply`, with its `reason`).
 
         Returns the audit entries written (removed units and re-declarations to manual are
         what the bed-management cell must hear about) and then `feed_states`, read in the
@@ -153,7 +161,8 @@ class Units:
         def entry(
             action: str, ror_id: str, code: str, previous: str | None, new: str, why: str
         ) -> AuditEntry:
-            return AuditEntry(now, ACTOR_RORFEED, action, finess, ror_id, code, previous, new, why)
+            why = why if reason is None else f"{reason} ({why})"
+            return AuditEntry(now, actor, action, finess, ror_id, code, previous, new, why)
 
         for u in units:
             old = known.get(u.ror_id)
