@@ -112,6 +112,10 @@ class EstablishmentSection(Strict):
     source: SourceSection
 
 
+# The session-signing key from a credential: long enough that it cannot be guessed.
+MIN_WEB_SECRET = 32
+
+
 class WebSection(Strict):
     listen: str = Field(
         "127.0.0.1:8465", description="behind the hospital's reverse proxy, or with tls_cert/key"
@@ -119,6 +123,10 @@ class WebSection(Strict):
     tls_cert: ReadableFile = Field("", description="certificate file (PEM) to serve HTTPS")
     tls_key: ReadableFile = Field("", description="its private key (PEM)")
     session_minutes: int = Field(480, ge=1, description="a session expires after this")
+    secret_file: str = Field(
+        "", description="file holding the session-signing key; empty = the state store's"
+    )
+    secret_env: str = Field("", description="or: environment variable holding it")
 
 
 class NotifySection(Strict):
@@ -434,6 +442,12 @@ def _check_semantics(
 
     if f.web:
         _check_section(config, "web", f.web, problems, secrets)
+        signing = secrets.get("web.secret")
+        if signing is not None and len(signing.strip()) < MIN_WEB_SECRET:
+            problems.append(
+                f"web.secret_file: the key is {len(signing.strip())} characters, at least"
+                f" {MIN_WEB_SECRET} — e.g. `openssl rand -hex 32`"
+            )
         if bool(f.web.tls_cert) != bool(f.web.tls_key):
             problems.append("web.tls_cert, web.tls_key: set both or neither")
     if f.notify and f.notify.smtp_host:

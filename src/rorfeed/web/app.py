@@ -54,7 +54,9 @@ def create_app(
     )
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY=store.web_secret(),
+        # From a credential when set (`web.secret_file`, SPEC §10.3), else made once and kept
+        # in the state store, so that sessions survive restarts either way.
+        SECRET_KEY=(config.secrets.get("web.secret") or "").strip() or store.web_secret(),
         SESSION_COOKIE_NAME="rorfeed_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
