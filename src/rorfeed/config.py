@@ -140,6 +140,9 @@ class NotifySection(Strict):
     recipients: list[str] = Field(
         default_factory=list, description="the bed-management cell's addresses"
     )
+    lead_recipients: list[str] = Field(
+        default_factory=list, description="the chef de projet's addresses (anomaly reports)"
+    )
 
 
 class ConfigFile(Strict):
@@ -206,6 +209,8 @@ def state_url_of(daemon: DaemonSection, base_dir: Path) -> str:
 
 _FINESS_RE = re.compile(r"^(\d{2}|2A|2B)\d{7}$")
 _PLACEHOLDERS = {"finess", "timestamp", "ext"}
+# One address per list entry: a second one after a comma would be silently lost.
+_ADDRESS = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
 # A destination's name names folders of the work directory (SPEC §3): ASCII only, no dot.
 _DESTINATION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
@@ -459,6 +464,13 @@ def _check_semantics(
                 )
     if f.notify:
         _check_section(config, "notify", f.notify, problems, secrets)
+        for k in ("recipients", "lead_recipients"):
+            for i, address in enumerate(getattr(f.notify, k)):
+                if not _ADDRESS.fullmatch(address):
+                    problems.append(
+                        f'notify.{k}[{i}]: "{shown(address)}" is not an e-mail address'
+                        " (name@domain, one per string)"
+                    )
 
 
 def template_problems(template: str, *, single: bool) -> list[str]:

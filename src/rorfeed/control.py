@@ -16,11 +16,29 @@ import structlog
 
 from rorfeed.config import Config
 from rorfeed.errors import RorfeedError
-from rorfeed.model import ACTOR_RORFEED, GLOBAL, KillswitchEvent, Mode, UnitModeEvent, UnitRef
-from rorfeed.notify import Notifier, compose_killswitch, compose_unit_changes
-from rorfeed.state import Store, UnitState
+from rorfeed.model import (
+    ACTOR_RORFEED,
+    GLOBAL,
+    AnomalyDecision,
+    Audience,
+    BedCounts,
+    KillswitchEvent,
+    Mode,
+    UnitModeEvent,
+    UnitRef,
+)
+from rorfeed.notify import (
+    Notifier,
+    compose_anomaly_report,
+    compose_killswitch,
+    compose_unit_changes,
+)
+from rorfeed.state import AnomalyReport, Store, UnitState
 
 log = structlog.get_logger("rorfeed.control")
+
+# A report is what a person saw, in a few sentences: not a document.
+MAX_REPORT_CHARS = 4000
 
 
 class ControlError(RorfeedError):
@@ -216,6 +234,64 @@ class Control:
             subject, body = compose_killswitch(event, self.directory.zone)
             self.notifier.queue(self.store, subject, body, now)
         return event
+
+    # -- anomalies reported by people (SPEC §10.2) --------------------------------------
+
+    def report_anomaly(
+        self, finess: str, ror_id: str, text: str, believed: BedCounts | None, actor: str
+    ) -> AnomalyReport:
+        """Any account reports what it saw on a unit: stored, audited, e-mailed to the lead."""
+        text = text.strip()
+        if not text:
+            raise ControlError("say what was seen: the report's text is mandatory")
+        if len(text) > MAX_REPORT_CHARS:
+            raise ControlError(f"the report is {len(text)} characters, at most {MAX_REPORT_CHARS}")
+        unit = self._unit(finess, ror_id)
+        actor = check_actor(actor)
+        report = self.store.report_anomaly(unit, text, believed, actor, self.clock())
+        log.warning("anomaly_reported", finess=finess, ror_id=ror_id, report=report.id, actor=actor)
+        if self.notifier is not None:
+            subject, body = compose_anomaly_report(
+                unit_ref(unit, self.directory),
+                report.id,
+                actor,
+                text,
+                believed,
+                report.at,
+                self.directory.zone,
+            )
+            self.notifier.queue(self.store, subject, body, self.clock(), Audience.LEAD)
+        return report
+
+    def close_anomaly(
+        self, report_id: int, decision: AnomalyDecision, comment: str, actor: str
+    ) -> list[UnitModeEvent]:
+        """A lead closes a report with a decision and a comment, both audited; "switched to
+        manual" switches the unit too, as every switch (its own entry and e-mail). Returns the
+        switch made, if any."""
+        comment = _reason(comment)
+        actor = check_actor(actor)
+        report = self.store.anomaly_report(report_id)
+        if report is None or not report.open:
+            raise ControlError(f"report {report_id} is not open (closed meanwhile?)")
+        unit = self._unit(report.finess, report.ror_id)
+        events: list[UnitModeEvent] = []
+        if decision is AnomalyDecision.SWITCHED_MANUAL:
+            events = self._switch(
+                [unit], Mode.MANUAL, f"signalement {report_id} : {comment}", actor
+            )
+        if not self.store.close_anomaly(
+            report, unit.local_code, decision, comment, actor, self.clock()
+        ):
+            raise ControlError(f"report {report_id} was closed meanwhile by someone else")
+        log.info("anomaly_closed", report=report_id, decision=decision.value, actor=actor)
+        return events
+
+    def _unit(self, finess: str, ror_id: str) -> UnitState:
+        for unit in self.store.units(finess):
+            if unit.ror_id == ror_id and unit.in_mapping:
+                return unit
+        raise ControlError(f"unknown unit {finess}/{ror_id}: not in the mapping")
 
     def flush_notifications(self) -> None:
         if self.notifier is not None:

@@ -416,6 +416,27 @@ class StateCollector(Collector):
         fam.add_metric([], d.emails_waiting)
         yield fam
 
+        open_reports = dict.fromkeys(finesses, 0)
+        oldest = dict.fromkeys(finesses, 0.0)
+        for finess, n, since in d.anomalies:
+            if finess in open_reports:
+                open_reports[finess], oldest[finess] = n, _ts(since)
+        fam = GaugeMetricFamily(
+            "rorfeed_anomaly_reports_open",
+            "Anomalies reported by people on the establishment's units, not closed yet",
+            labels=["finess"],
+        )
+        oldest_fam = GaugeMetricFamily(
+            "rorfeed_anomaly_report_oldest_open_timestamp_seconds",
+            "Time of the establishment's oldest open anomaly report (0: none open)",
+            labels=["finess"],
+        )
+        for finess in sorted(finesses):
+            fam.add_metric([finess], open_reports[finess])
+            oldest_fam.add_metric([finess], oldest[finess])
+        yield fam
+        yield oldest_fam
+
 
 def exposed_metrics(registry: CollectorRegistry) -> dict[str, tuple[str, tuple[str, ...]]]:
     """Every metric family the registry exposes: name → (type, label names)."""

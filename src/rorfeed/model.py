@@ -145,6 +145,22 @@ class EstablishmentStatus(StrEnum):
     NOTHING_TO_SEND = "nothing_to_send"
 
 
+class Audience(StrEnum):
+    """Who an e-mail is for: the bed-management cell (`notify.recipients`) or the chef de
+    projet (`notify.lead_recipients`)."""
+
+    CELL = "cell"
+    LEAD = "lead"
+
+
+class AnomalyDecision(StrEnum):
+    """How a lead closes an anomaly reported by a person (SPEC §10.2)."""
+
+    SWITCHED_MANUAL = "switched to manual"
+    CORRECTED_AT_SOURCE = "corrected at the source"
+    VALUES_RIGHT = "values were right"
+
+
 class CycleOutcome(StrEnum):
     """A whole cycle: `failed` when the work failed, `partial` when something was held back."""
 

@@ -6,6 +6,7 @@ its delivery to the relay).
 
 from rorfeed.notify.compose import (
     SUBJECT_PREFIX,
+    compose_anomaly_report,
     compose_killswitch,
     compose_unit_changes,
     format_time,
@@ -16,6 +17,7 @@ __all__ = [
     "SUBJECT_PREFIX",
     "FlushResult",
     "Notifier",
+    "compose_anomaly_report",
     "compose_killswitch",
     "compose_unit_changes",
     "format_time",

@@ -263,3 +263,39 @@ def compose_killswitch(event: KillswitchEvent, zone: tzinfo) -> tuple[str, str]:
         ]
     body.append(_SIGNATURE)
     return subject, "\n".join(body) + "\n"
+
+
+def compose_anomaly_report(
+    unit: UnitRef,
+    report_id: int,
+    author: str,
+    text: str,
+    believed: BedCounts | None,
+    at: datetime,
+    zone: tzinfo,
+) -> tuple[str, str]:
+    """(subject, body) of the e-mail telling the chef de projet of an anomaly a person saw."""
+    subject = (
+        f"{SUBJECT_PREFIX} Anomalie signalée : {one_line(unit.label)} — "
+        f"{_subject_establishments([unit])}"
+    )
+    body = [
+        "Bonjour,",
+        "",
+        f"{one_line(author)} a signalé une anomalie (n° {report_id}) le {format_time(at, zone)}"
+        " sur l'unité suivante, alimentée par rorfeed :",
+        "",
+        *_unit_lines(unit, zone, manual=False),
+        *_indented("Ce qui a été constaté", text),
+    ]
+    if believed is not None:
+        body.append(f"  Valeurs que {one_line(author)} pense justes : {_counts(believed)}.")
+    body += [
+        "",
+        "Merci de vérifier la fiche dans le ROR et la base de gestion des lits, puis de clore"
+        " le signalement sur la page de l'unité avec votre décision : « passée en saisie"
+        " manuelle », « corrigé à la source » ou « les valeurs étaient justes ».",
+        "",
+        _SIGNATURE,
+    ]
+    return subject, "\n".join(body) + "\n"

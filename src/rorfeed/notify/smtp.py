@@ -26,6 +26,7 @@ import structlog
 
 from rorfeed.config import Config, NotifySection
 from rorfeed.errors import StateError
+from rorfeed.model import Audience
 from rorfeed.state import EmailRow, Store
 from rorfeed.wording import one_line
 
@@ -116,15 +117,29 @@ class Notifier:
 
     # -- queueing -------------------------------------------------------------------------
 
-    def queue(self, store: Store, subject: str, body: str, now: datetime) -> bool:
-        """Queue one e-mail; False (and nothing queued) when no relay is configured.
+    def queue(
+        self,
+        store: Store,
+        subject: str,
+        body: str,
+        now: datetime,
+        audience: Audience = Audience.CELL,
+    ) -> bool:
+        """Queue one e-mail for `audience`; False (and nothing queued) when no relay is
+        configured, or no `notify.lead_recipients` for the chef de projet.
 
         A state store failure propagates (`StateError`): it is the cycle's, not e-mail's.
         """
         if not self.enabled:
             log.debug("email_not_queued", reason="no SMTP relay configured", subject=subject)
             return False
-        store.queue_email(subject, body, now)
+        assert self.section is not None  # noqa: S101 - enabled implies a section
+        if audience is Audience.LEAD and not self.section.lead_recipients:
+            log.warning(
+                "email_not_queued", reason="notify.lead_recipients is empty", subject=subject
+            )
+            return False
+        store.queue_email(subject, body, now, audience)
         log.info("email_queued", subject=subject)
         return True
 
@@ -246,7 +261,8 @@ class Notifier:
         subject = one_line(row.subject)
         message["Subject"] = subject if subject.isascii() else _EncodedHeader("Subject", subject)
         message["From"] = section.sender
-        message["To"] = ", ".join(section.recipients)
+        to = section.lead_recipients if row.audience is Audience.LEAD else section.recipients
+        message["To"] = ", ".join(to)
         message["Date"] = format_datetime(row.created_at.astimezone(self.zone))
         # Stable across retries: a relay or a mailbox can tell a resent copy from a new one.
         domain = parseaddr(section.sender)[1].rpartition("@")[2] or "rorfeed.invalid"

@@ -10,6 +10,7 @@ of record (`units`, `audit`, `establishments`, `cycles`, `ledger`, `emails`,
 transaction binds them to one connection.
 """
 
+from rorfeed.state.anomalies import AnomalyReport
 from rorfeed.state.audit import AuditEntry
 from rorfeed.state.cycles import CycleRow
 from rorfeed.state.emails import EmailRow
@@ -23,6 +24,7 @@ from rorfeed.state.web_accounts import WebUser
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AnomalyReport",
     "AuditEntry",
     "CycleRow",
     "EmailRow",

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
+from rorfeed.model import Audience
 from rorfeed.state.schema import emails_t
 
 # A claim older than this is a crashed sender's: another process takes the e-mail over.
@@ -21,6 +22,7 @@ class EmailRow:
     subject: str
     body: str
     attempts: int
+    audience: Audience = Audience.CELL
 
 
 class Emails:
@@ -29,17 +31,26 @@ class Emails:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def queue(self, subject: str, body: str, now: datetime) -> None:
+    def queue(
+        self, subject: str, body: str, now: datetime, audience: Audience = Audience.CELL
+    ) -> None:
         self._conn.execute(
             insert(emails_t).values(
-                created_at=now, subject=subject, body=body, attempts=0, last_error=""
+                created_at=now,
+                subject=subject,
+                body=body,
+                attempts=0,
+                last_error="",
+                audience=audience.value,
             )
         )
 
     def pending(self) -> list[EmailRow]:
         q = select(emails_t).where(emails_t.c.sent_at.is_(None)).order_by(emails_t.c.id)
         return [
-            EmailRow(r.id, r.created_at, r.subject, r.body, r.attempts)
+            EmailRow(
+                r.id, r.created_at, r.subject, r.body, r.attempts, Audience(r.audience or "cell")
+            )
             for r in self._conn.execute(q)
         ]
 

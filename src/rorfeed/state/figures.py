@@ -9,6 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from rorfeed.model import LedgerStatus
+from rorfeed.state.anomalies import Anomalies
+from rorfeed.state.audit import Audit
 from rorfeed.state.schema import emails_t, establishments_t, files_t, units_t
 
 
@@ -25,6 +27,8 @@ class StateFigures:
     # (finess, destination, when) of each one's last file delivered
     delivered: list[tuple[str, str, datetime | None]] = field(default_factory=list)
     emails_waiting: int = 0
+    # (finess, open anomaly reports, the oldest one's time)
+    anomalies: list[tuple[str, int, datetime]] = field(default_factory=list)
 
 
 class Figures:
@@ -68,4 +72,5 @@ class Figures:
             outbox=[(dest, int(n)) for dest, n in outbox],
             delivered=[(finess, dest, at) for finess, dest, at in delivered],
             emails_waiting=int(emails),
+            anomalies=Anomalies(conn, Audit(conn)).open_by_establishment(),
         )

@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from rorfeed.errors import StateError
 from rorfeed.url_password import scrubbed, url_password, without_password
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -192,6 +192,27 @@ emails_t = Table(
     Column("claimed_at", UTCDateTime),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=False, default=""),
+    # Who it is for (model.Audience): NULL, the e-mails queued before version 5, = the cell.
+    Column("audience", String(8)),
+)
+
+# The anomalies people report on a unit's page (SPEC §10.2), open until a lead closes them.
+anomaly_reports_t = Table(
+    "anomaly_reports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("finess", String(9), nullable=False),
+    Column("ror_id", String(200), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("installed", Integer),  # the counts the author believes right, if given
+    Column("closed", Integer),
+    Column("available", Integer),
+    Column("closed_at", UTCDateTime),
+    Column("closed_by", String(200)),
+    Column("decision", String(32)),
+    Column("comment", Text),
 )
 
 # Accounts of the web page (`rorfeed users`, `rorfeed web`): Argon2id hashes only.
@@ -237,11 +258,21 @@ def _migrate_3_to_4(conn: Connection) -> None:
     mapping_versions_t.create(conn, checkfirst=True)
 
 
+def _migrate_4_to_5(conn: Connection) -> None:
+    """Version 5: anomalies reported by people, and e-mails addressed to the chef de projet."""
+    anomaly_reports_t.create(conn, checkfirst=True)
+    columns = {c["name"] for c in inspect(conn).get_columns(emails_t.name)}
+    if "audience" not in columns:
+        column = emails_t.c.audience.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {emails_t.name} ADD COLUMN audience {column}")
+
+
 # Migrations from version N to N+1, as functions of a connection. Each keeps every row.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
     3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
 }
 
 

@@ -24,12 +24,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from rorfeed.errors import StateError
 from rorfeed.model import (
     ACTOR_RORFEED,
+    AnomalyDecision,
+    Audience,
     BedCounts,
     CycleDetail,
     CycleOutcome,
     MappedUnit,
     Mode,
 )
+from rorfeed.state.anomalies import Anomalies, AnomalyReport
 from rorfeed.state.audit import Audit, AuditEntry
 from rorfeed.state.cycles import CycleRow, Cycles
 from rorfeed.state.emails import EmailRow, Emails
@@ -56,6 +59,7 @@ class Transaction:
         self.web_accounts = WebAccounts(conn)
         self.figures = Figures(conn)
         self.mapping_versions = MappingVersions(conn)
+        self.anomalies = Anomalies(conn, self.audit)
 
 
 class Store:
@@ -93,6 +97,43 @@ class Store:
     ) -> tuple[list[AuditEntry], dict[str, FeedState]]:
         with self.tx() as tx:
             return tx.units.sync_mapping(finess, units, now, actor=actor, reason=reason)
+
+    # -- anomalies reported by people --------------------------------------------------------
+
+    def report_anomaly(
+        self,
+        unit: UnitState,
+        text: str,
+        counts: BedCounts | None,
+        author: str,
+        at: datetime,
+    ) -> AnomalyReport:
+        with self.tx() as tx:
+            return tx.anomalies.report(
+                unit.finess, unit.ror_id, unit.local_code, text, counts, author, at
+            )
+
+    def close_anomaly(
+        self,
+        report: AnomalyReport,
+        local_code: str,
+        decision: AnomalyDecision,
+        comment: str,
+        by: str,
+        at: datetime,
+    ) -> bool:
+        with self.tx() as tx:
+            return tx.anomalies.close(report, local_code, decision, comment, by, at)
+
+    def anomaly_report(self, report_id: int) -> AnomalyReport | None:
+        with self.tx() as tx:
+            return tx.anomalies.get(report_id)
+
+    def anomaly_reports(
+        self, finess: str | None = None, ror_id: str | None = None, *, only_open: bool = False
+    ) -> list[AnomalyReport]:
+        with self.tx() as tx:
+            return tx.anomalies.reports(finess, ror_id, only_open=only_open)
 
     # -- mapping versions -------------------------------------------------------------------
 
@@ -237,9 +278,11 @@ class Store:
 
     # -- e-mails to the bed-management cell -----------------------------------------------
 
-    def queue_email(self, subject: str, body: str, now: datetime) -> None:
+    def queue_email(
+        self, subject: str, body: str, now: datetime, audience: Audience = Audience.CELL
+    ) -> None:
         with self.tx() as tx:
-            tx.emails.queue(subject, body, now)
+            tx.emails.queue(subject, body, now, audience)
 
     def pending_emails(self) -> list[EmailRow]:
         with self.tx() as tx:
