@@ -7,7 +7,7 @@ from datetime import datetime, tzinfo
 
 from markupsafe import Markup
 
-from rorfeed.model import CycleOutcome, EstablishmentStatus, Mode
+from rorfeed.model import AnomalyDecision, CycleOutcome, EstablishmentStatus, Mode
 from rorfeed.reads import ManualReason
 from rorfeed.state import AuditEntry, UnitState
 from rorfeed.web.auth import Role
@@ -35,7 +35,18 @@ MANUAL_REASONS = {
     ManualReason.KILLSWITCH: "coupure de l'établissement",
     ManualReason.NO_PRODUCTION: "aucune destination de production",
 }
-ACTIONS = {"unit_mode": "Mode de l'unité", "killswitch": "Coupure", "mapping": "Mapping"}
+ACTIONS = {
+    "unit_mode": "Mode de l'unité",
+    "killswitch": "Coupure",
+    "mapping": "Mapping",
+    "anomaly_report": "Signalement",
+    "anomaly_closed": "Signalement clos",
+}
+DECISIONS = {
+    AnomalyDecision.SWITCHED_MANUAL: "passée en saisie manuelle",
+    AnomalyDecision.CORRECTED_AT_SOURCE: "corrigé à la source",
+    AnomalyDecision.VALUES_RIGHT: "les valeurs étaient justes",
+}
 ALL_ESTABLISHMENTS = "Tous les établissements"
 
 

@@ -85,4 +85,6 @@ def status() -> str:
         streaks=[r for r in rows_of(web) if r.unit.streak],
         emails_waiting=len(web.store.pending_emails()),
         name=web.name,
+        reports=web.store.anomaly_reports(only_open=True),
+        labels={(u.finess, u.ror_id): u.label for u in web.store.units()},
     )

@@ -12,7 +12,7 @@ from rorfeed.model import Mode
 from rorfeed.reads import UnitRow, unit_rows
 from rorfeed.state import UnitState
 from rorfeed.web.context import Web, current
-from rorfeed.web.french import ACTIONS, change_text, switched_message
+from rorfeed.web.french import ACTIONS, DECISIONS, change_text, switched_message
 from rorfeed.web.security import lead_required, user
 
 if TYPE_CHECKING:
@@ -68,11 +68,17 @@ def index() -> str:
         finess=finess,
         mode=mode,
         check_all=request.args.get("cocher") == "tout",
+        open_reports=len(current().store.anomaly_reports(only_open=True)),
     )
 
 
 @bp.get("/unite/<finess>/<path:ror_id>")
 def unit(finess: str, ror_id: str) -> str:
+    return unit_page(finess, ror_id)
+
+
+def unit_page(finess: str, ror_id: str, **report_form: str) -> str:
+    """A unit's page; `report_form`: an anomaly report refused, shown again with its error."""
     web = current()
     found = [u for u in web.store.units(finess) if u.ror_id == ror_id]
     if not found:
@@ -89,6 +95,9 @@ def unit(finess: str, ror_id: str) -> str:
         entries=entries,
         actions=ACTIONS,
         change_text=change_text,
+        reports=web.store.anomaly_reports(finess, ror_id),
+        decisions=DECISIONS,
+        form=report_form,
     )
 
 
