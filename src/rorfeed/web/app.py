@@ -24,7 +24,7 @@ from rorfeed.web import security
 from rorfeed.web.auth import Accounts
 from rorfeed.web.context import Clock, Flusher, Web, current
 from rorfeed.web.french import FILTERS
-from rorfeed.web.views import anomalies, journal, killswitch, session, units
+from rorfeed.web.views import anomalies, journal, killswitch, mapping, session, units
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
@@ -75,7 +75,7 @@ def create_app(
     app.after_request(security.headers)
     app.context_processor(_context)
     app.register_error_handler(HTTPException, _error_page)
-    for area in (session.bp, units.bp, killswitch.bp, journal.bp, anomalies.bp):
+    for area in (session.bp, units.bp, mapping.bp, killswitch.bp, journal.bp, anomalies.bp):
         app.register_blueprint(area)
     return app
 
