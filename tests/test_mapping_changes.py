@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -241,3 +242,44 @@ def test_the_state_of_a_crash_after_the_file_was_replaced_is_caught_up_by_the_ne
     ours = [e for e in history(site, capsys) if e["action"] == "mapping"]
     assert {e["ror_id"] for e in ours[:4]} == {"52/100", "52/200", "52/300", "52/600"}
     assert all(e["actor"] == "rorfeed" for e in ours[:4])
+
+
+def test_two_leads_confirming_at_once_one_wins_and_the_other_sees_the_conflict(
+    site: Path,
+) -> None:
+    config = load(site / "rorfeed.toml")
+    store = open_store(config.state_url)
+    texts = {
+        "marie": mapping_csv(CHANGED),
+        "paul": mapping_csv([*ROWS, ("USC", "52/400", "Surveillance continue", "auto")]),
+    }
+    proposals = {who: propose(config, store, FINESS, text) for who, text in texts.items()}
+    start = threading.Barrier(len(proposals))
+    outcome: dict[str, str] = {}
+
+    def confirm_as(who: str) -> None:
+        control = Control.from_config(config, store)
+        start.wait(timeout=10)
+        try:
+            confirm(
+                config,
+                store,
+                control,
+                proposals[who],
+                reason=who,
+                actor=who,
+                now=datetime.now(UTC),
+            )
+            outcome[who] = "written"
+        except MappingConflict:
+            outcome[who] = "conflict"
+
+    threads = [threading.Thread(target=confirm_as, args=(who,)) for who in proposals]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(outcome.values()) == ["conflict", "written"]
+    (winner,) = (who for who, what in outcome.items() if what == "written")
+    assert (site / "mapping.csv").read_text(encoding="utf-8") == texts[winner]
+    assert {v.actor for v in store.mapping_versions(FINESS)} == {winner}

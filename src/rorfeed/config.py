@@ -104,7 +104,9 @@ class EstablishmentSection(Strict):
         "luhn", description='or "format" (format only, for a real FINESS that fails the key)'
     )
     mapping: ReadableFile = Field(
-        description="CSV local_code;ror_id;label[;mode]", examples=["mapping.csv"]
+        description="CSV local_code;ror_id;label[;mode]; under /var/lib/rorfeed/mappings/ the"
+        " web page can change it",
+        examples=["/var/lib/rorfeed/mappings/750712184.csv"],
     )
     referential: ReadableFile = Field(
         "", description="optional ROR referential export (CSV of fiche ids)"

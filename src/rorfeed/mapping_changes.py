@@ -18,8 +18,11 @@ The words are the caller's: the CLI's plain English, the page's French.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -33,6 +36,9 @@ from rorfeed.mapping import Mapping, parse_mapping_text, read_mapping_text
 from rorfeed.model import MappedUnit, Mode
 from rorfeed.state import AuditEntry, Store, UnitState
 from rorfeed.state.mapping_versions import digest
+
+# How long a confirmation waits for another one being written (a few hundredths of a second).
+LOCK_SECONDS = 10.0
 
 
 class MappingChangeError(RorfeedError):
@@ -179,17 +185,55 @@ def confirm(
     if proposal.identical:
         raise MappingChangeError("the proposed mapping is the current one: nothing to change")
     path = proposal.path
-    try:
-        now_digest: str | None = digest(read_mapping_text(path))
-    except MappingError:
-        now_digest = None
-    if now_digest != proposal.base:
-        raise MappingConflict(
-            f"{path}: the mapping changed since the preview — look at the new preview"
-        )
     problem = writable_problem(path)
     if problem is not None:
         raise MappingChangeError(f"the mapping cannot be changed here: {problem}")
+    # Two leads confirming at once (the page, the CLI): one at a time checks and writes, so
+    # the second sees the first's file and gets the conflict.
+    with _exclusive(path):
+        try:
+            now_digest: str | None = digest(read_mapping_text(path))
+        except MappingError:
+            now_digest = None
+        if now_digest != proposal.base:
+            raise MappingConflict(
+                f"{path}: the mapping changed since the preview — look at the new preview"
+            )
+        return _write(store, control, proposal, reason=reason, actor=actor, now=now)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive lock on `.<name>.lock` beside the mapping, waited for `LOCK_SECONDS`."""
+    lock = path.with_name(f".{path.name}.lock")
+    deadline = time.monotonic() + LOCK_SECONDS
+    with lock.open("a") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise MappingChangeError(
+                        f"{path}: another change is being written; try again"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write(
+    store: Store,
+    control: Control,
+    proposal: Proposal,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> list[AuditEntry]:
+    path = proposal.path
     mapping = parse_mapping_text(proposal.text, path)
     before = {u.ror_id: u for u in store.units(proposal.finess)}
     try:
