@@ -268,18 +268,6 @@ class Store:
         with self.tx() as tx:
             return tx.web_accounts.disable(name, now)
 
-    def web_login_failed(
-        self, name: str, now: datetime, max_failures: int, lock_until: datetime
-    ) -> datetime | None:
-        with self.tx() as tx:
-            return tx.web_accounts.login_failed(name, now, max_failures, lock_until)
-
-    def web_login_succeeded(
-        self, name: str, now: datetime, new_password_hash: str | None = None
-    ) -> None:
-        with self.tx() as tx:
-            tx.web_accounts.login_succeeded(name, now, new_password_hash)
-
 
 def open_store(url: str) -> Store:
     """Open (creating or upgrading as needed) the state store at `url`."""

@@ -126,6 +126,15 @@ class WebAccounts:
         )
         return bool(result.rowcount)
 
+    def user_for_login(self, name: str) -> WebUser | None:
+        """The account, its row locked until the transaction ends (PostgreSQL `FOR UPDATE`;
+        SQLite's `BEGIN IMMEDIATE` already holds the write lock), so that a login is decided
+        on what no other login changes meanwhile."""
+        row = self._conn.execute(
+            select(users_t).where(users_t.c.name == name).with_for_update()
+        ).first()
+        return None if row is None else _web_user(row)
+
     def login_failed(
         self, name: str, now: datetime, max_failures: int, lock_until: datetime
     ) -> datetime | None:
@@ -133,10 +142,13 @@ class WebAccounts:
 
         A lock that has run out starts the count afresh; a locked account's failures are
         not counted (they do not lengthen the lock). Returns the lock's end when locked.
+        Call it after `user_for_login` in the same transaction.
         """
         conn = self._conn
         row = conn.execute(
-            select(users_t.c.failed_logins, users_t.c.locked_until).where(users_t.c.name == name)
+            select(users_t.c.failed_logins, users_t.c.locked_until)
+            .where(users_t.c.name == name)
+            .with_for_update()
         ).first()
         if row is None:
             return None

@@ -10,7 +10,7 @@ from markupsafe import Markup
 from rorfeed.model import CycleOutcome, EstablishmentStatus, Mode
 from rorfeed.reads import ManualReason
 from rorfeed.state import AuditEntry, UnitState
-from rorfeed.web.auth import Role
+from rorfeed.web.auth import LOCK_DURATION, MAX_FAILURES, Role
 from rorfeed.web.context import current
 from rorfeed.wording import agreed
 
@@ -37,6 +37,13 @@ MANUAL_REASONS = {
 }
 ACTIONS = {"unit_mode": "Mode de l'unité", "killswitch": "Coupure", "mapping": "Mapping"}
 ALL_ESTABLISHMENTS = "Tous les établissements"
+# The one answer to a refused login, whatever the reason (SPEC §10.3: an unknown name and a
+# locked account get the same answer).
+LOGIN_REFUSED = (
+    "Identifiant ou mot de passe incorrect, ou compte désactivé, ou bloqué pendant "
+    f"{LOCK_DURATION.seconds // 60} minutes après {MAX_FAILURES} échecs de connexion. En cas "
+    "de doute, demandez à l'exploitation de vérifier votre compte."
+)
 
 
 def format_local(at: datetime | None, zone: tzinfo) -> str:
