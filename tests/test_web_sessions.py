@@ -1,8 +1,9 @@
-"""The page's logins (SPEC §10.3, issue 17): lockout cannot be raced, a locked account
-answers as an unknown name does.
+"""The page's sessions and logins (SPEC §10.3, issue 17): sessions end on the server, lockout
+cannot be raced, a locked account answers as an unknown name does.
 
-The lockout race runs against the real server on loopback, with a hasher that holds the right
-password's check until the wrong ones are done.
+Sessions are driven with the Flask test client (a cookie copied from one client into another is
+what an attacker holding a copy does); the lockout race runs against the real server on
+loopback, with a hasher that holds the right password's check until the wrong ones are done.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import pytest
 from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
 from structlog.testing import capture_logs
 from werkzeug.test import TestResponse
 
 from rorfeed.config import Config, load
-from rorfeed.state import Store, open_store
+from rorfeed.state import SCHEMA_VERSION, Store, open_store
 from rorfeed.users_cli import users
 from rorfeed.web.app import create_app
 from rorfeed.web.auth import Accounts, Role
@@ -157,6 +159,128 @@ def copy_of(client: FlaskClient, app: Flask) -> FlaskClient:
 
 def to_login(response: TestResponse) -> bool:
     return response.status_code == 303 and response.headers["Location"] == "/connexion"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions end on the server
+
+
+def test_a_cookie_copied_before_logout_is_refused_after_it(site: Site) -> None:
+    browser = site.login()
+    stolen = copy_of(browser, site.app)
+    assert stolen.get("/unites").status_code == 200  # the copy works while the session lives
+    assert to_login(post(browser, "/deconnexion"))
+    for url in ("/unites", "/coupure", "/compte"):
+        assert to_login(copy_of(browser, site.app).get(url)), url
+    assert to_login(stolen.get("/unites"))
+
+
+def test_a_change_sent_with_a_cookie_copied_before_logout_is_refused(site: Site) -> None:
+    browser = site.login()
+    cookie = browser.get_cookie("rorfeed_session")
+    assert cookie is not None
+    token = csrf(browser)
+    assert to_login(post(browser, "/deconnexion"))
+    replay = site.app.test_client()
+    replay.set_cookie("rorfeed_session", cookie.value)  # the copy, with its CSRF token
+    assert to_login(replay.post("/coupure", data={**KILL, "csrf": token}))
+    assert not site.killswitch_on()
+    assert site.store.history() == []  # nothing audited under the account
+
+
+def test_logout_ends_this_session_only(site: Site) -> None:
+    office, home = site.login(), site.login()
+    assert to_login(post(office, "/deconnexion"))
+    assert to_login(office.get("/unites"))
+    assert home.get("/unites").status_code == 200
+
+
+def test_closing_all_my_sessions_ends_those_of_my_other_browsers(site: Site) -> None:
+    office, home, cell = site.login(), site.login(), site.login(VIEWER, VIEWER_PW)
+    page = office.get("/compte")
+    assert page.status_code == 200 and "Fermer toutes mes sessions" in page.text
+    assert "2 sessions sont ouvertes" in page.text
+    with capture_logs() as logs:
+        answer = post(office, "/compte/sessions")
+    assert to_login(answer)
+    assert "Toutes vos sessions sont fermées (2 sessions fermées)" in office.get("/connexion").text
+    assert to_login(home.get("/unites"))
+    assert to_login(office.get("/unites"))
+    assert cell.get("/unites").status_code == 200  # another account is not touched
+    [ended] = [e for e in logs if e["event"] == "web_sessions_ended"]
+    assert (ended["account"], ended["by"], ended["sessions"]) == (LEAD, LEAD, 2)
+    assert site.login().get("/unites").status_code == 200  # logging in again works
+
+
+def test_a_lead_closes_every_session_of_another_account(site: Site) -> None:
+    lead, cell = site.login(), site.login(VIEWER, VIEWER_PW)
+    page = lead.get("/compte")
+    assert "Sessions des comptes" in page.text and f'value="{VIEWER}"' in page.text
+    with capture_logs() as logs:
+        answer = post(lead, "/comptes/sessions", compte=VIEWER)
+    assert answer.status_code == 303 and answer.headers["Location"] == "/compte"
+    assert f"Sessions du compte « {VIEWER} » fermées (1 session fermée)" in lead.get("/compte").text
+    assert to_login(cell.get("/unites"))
+    assert lead.get("/unites").status_code == 200
+    [ended] = [e for e in logs if e["event"] == "web_sessions_ended"]
+    assert (ended["account"], ended["by"], ended["sessions"]) == (VIEWER, LEAD, 1)
+    assert post(lead, "/comptes/sessions", compte="personne").status_code == 400
+
+
+def test_a_viewer_cannot_close_the_sessions_of_another_account(site: Site) -> None:
+    lead, cell = site.login(), site.login(VIEWER, VIEWER_PW)
+    page = cell.get("/compte")
+    assert "Fermer toutes mes sessions" in page.text
+    assert "Sessions des comptes" not in page.text and LEAD not in page.text
+    with capture_logs() as logs:
+        assert post(cell, "/comptes/sessions", compte=LEAD).status_code == 403
+    assert lead.get("/unites").status_code == 200
+    assert cell.get("/unites").status_code == 200
+    assert not [e for e in logs if e["event"] == "web_sessions_ended"]
+    # Its own sessions, it may close.
+    assert to_login(post(cell, "/compte/sessions"))
+    assert to_login(cell.get("/unites"))
+
+
+def test_users_end_sessions_passwd_and_disable_end_the_sessions(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cell = site.login(VIEWER, VIEWER_PW)
+    assert site.users("end-sessions", VIEWER, None, None) == 0
+    assert "1 session(s) of cellule ended" in capsys.readouterr().err
+    assert to_login(cell.get("/unites"))
+    assert site.users("end-sessions", "personne", None, None) == 1
+    assert site.users("end-sessions", None, None, None) == 2
+    assert site.users("end-sessions", VIEWER, "lead", None) == 2
+    # A new role (with its password) ends the sessions opened with the old one.
+    cell = site.login(VIEWER, VIEWER_PW)
+    password = site.path / "pw.txt"
+    password.write_text(VIEWER_PW)
+    assert site.users("passwd", VIEWER, "lead", str(password)) == 0
+    assert to_login(cell.get("/unites"))
+    cell = site.login(VIEWER, VIEWER_PW)
+    assert site.users("disable", VIEWER, None, None) == 0
+    assert to_login(cell.get("/unites"))
+
+
+def test_a_store_of_schema_3_opens_and_keeps_its_accounts(site: Site) -> None:
+    url = site.config.state_url
+    site.store.engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE web_sessions"))
+        conn.execute(text("UPDATE rorfeed_meta SET value = '3' WHERE key = 'schema_version'"))
+    engine.dispose()
+    site.store = open_store(url)
+    site.app = create_app(site.config, site.store, clock=site.clock, hasher=site.hasher)
+    with site.store.engine.begin() as conn:
+        version = conn.execute(
+            text("SELECT value FROM rorfeed_meta WHERE key = 'schema_version'")
+        ).scalar_one()
+    assert version == str(SCHEMA_VERSION)
+    browser = site.login()
+    assert browser.get("/unites").status_code == 200
+    assert to_login(post(browser, "/deconnexion"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from rorfeed.errors import StateError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -193,6 +193,17 @@ users_t = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
+# The web page's open sessions: the signed cookie carries a random id, this table its SHA-256.
+# A session lives while its row does: logout, "close all my sessions", a new password or role
+# and disabling the account delete rows, so a copy of a cookie is refused after them.
+web_sessions_t = Table(
+    "web_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # hex SHA-256 of the cookie's session id
+    Column("account", String(200), nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 
 # -- migrations ---------------------------------------------------------------------------------
 
@@ -217,8 +228,18 @@ def _migrate_2_to_3(conn: Connection) -> None:
         )
 
 
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Version 4: the web page's sessions kept on the server (a cookie signed before it has
+    no session id: its holder logs in again)."""
+    web_sessions_t.create(conn, checkfirst=True)
+
+
 # Migrations from version N to N+1, as functions of a connection. Each keeps every row.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
+}
 
 
 # -- opening ------------------------------------------------------------------------------------

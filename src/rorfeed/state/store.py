@@ -268,6 +268,28 @@ class Store:
         with self.tx() as tx:
             return tx.web_accounts.disable(name, now)
 
+    def open_web_session(
+        self, name: str, token_hash: str, now: datetime, expired: datetime
+    ) -> None:
+        with self.tx() as tx:
+            tx.web_accounts.open_session(name, token_hash, now, expired)
+
+    def web_session_user(self, name: str, token_hash: str) -> WebUser | None:
+        with self.tx() as tx:
+            return tx.web_accounts.session_user(name, token_hash)
+
+    def end_web_session(self, token_hash: str) -> None:
+        with self.tx() as tx:
+            tx.web_accounts.end_session(token_hash)
+
+    def end_web_sessions(self, name: str) -> int:
+        with self.tx() as tx:
+            return tx.web_accounts.end_sessions(name)
+
+    def web_session_counts(self, since: datetime) -> dict[str, int]:
+        with self.tx() as tx:
+            return tx.web_accounts.session_counts(since)
+
 
 def open_store(url: str) -> Store:
     """Open (creating or upgrading as needed) the state store at `url`."""

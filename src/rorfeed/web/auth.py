@@ -128,6 +128,12 @@ class Accounts:
     def user(self, name: str) -> WebUser | None:
         return self.store.web_user(name)
 
+    def end_sessions(self, name: str) -> int:
+        """End every open session of `name` (at their next request); how many there were."""
+        if self.store.web_user(name) is None:
+            raise AccountError(f"no account named {name!r}")
+        return self.store.end_web_sessions(name)
+
     def authenticate(self, name: str, password: str) -> LoginResult:
         """Check a login; counts failures and locks the account after MAX_FAILURES.
 

@@ -44,6 +44,22 @@ LOGIN_REFUSED = (
     f"{LOCK_DURATION.seconds // 60} minutes après {MAX_FAILURES} échecs de connexion. En cas "
     "de doute, demandez à l'exploitation de vérifier votre compte."
 )
+SESSION_ENDED = "Votre session a pris fin : reconnectez-vous."
+
+
+def sessions_ended_message(name: str | None, n: int) -> str:
+    """What closing every session of the account `name` (None: one's own) did."""
+    count = (
+        "aucune session n'était ouverte"
+        if n == 0
+        else ("1 session fermée" if n == 1 else f"{n} sessions fermées")
+    )
+    if name is None:
+        return f"Toutes vos sessions sont fermées ({count}) : reconnectez-vous."
+    return (
+        f"Sessions du compte « {name} » fermées ({count}) : il doit se reconnecter sur chaque "
+        "appareil."
+    )
 
 
 def format_local(at: datetime | None, zone: tzinfo) -> str:
