@@ -98,7 +98,9 @@ class Site:
     def users(self, *args: str | None) -> int:
         action, name, role, password_file = args
         assert action is not None
-        return users(self.config, action, name, role, password_file, hasher=self.hasher)
+        return users(
+            self.config, action, name, role, password_file, store=self.store, hasher=self.hasher
+        )
 
 
 def free_port() -> int:
@@ -108,11 +110,13 @@ def free_port() -> int:
         return port
 
 
-def make_site(path: Path, hasher: Hasher | None = None) -> Site:
+def make_site(path: Path, hasher: Hasher | None = None, state_url: str = "") -> Site:
+    """A site with two accounts; its state store in work/ unless `state_url` says where."""
     path.mkdir()
     (path / "depot").mkdir()
     web = f'\n[web]\nlisten = "127.0.0.1:{free_port()}"\nsession_minutes = 60\n'
-    toml = site_toml(destinations=directory_destination("depot"), extra=web)
+    daemon = f'state_url = "{state_url}"\n' if state_url else ""
+    toml = site_toml(destinations=directory_destination("depot"), daemon=daemon, extra=web)
     mapping = mapping_csv([("REA", "52/100", "Réanimation", "auto")])
     config = load(write_site(path, toml, mapping, [("REA", "10", "1", "2")]))
     store = open_store(config.state_url)
@@ -354,13 +358,20 @@ def login_over_http(address: str, name: str, password: str) -> int:
         connection.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_right_password_checked_while_wrong_ones_lock_the_account_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     """The right password's check starts before the lock and ends after it (held by the
     hasher): it is refused, the lock stays, and the wrong ones after the lock are not
-    counted again."""
-    site = make_site(tmp_path / "site", Hasher(hold=LEAD_PW))
+    counted again — on both backends of the state store."""
+    url = ""
+    if backend == "postgresql":
+        url = request.getfixturevalue("pg_server").create_db(f"web_race_{backend}")
+    site = make_site(tmp_path / "site", Hasher(hold=LEAD_PW), url)
     try:
         with serving(site) as address, capture_logs() as logs:
             right: list[int] = []
