@@ -47,8 +47,8 @@ class Hasher(PasswordHasher):
     """Cheap Argon2id parameters (tests log in often), counting its checks; `hold` keeps the
     check of one password waiting until `release` is set."""
 
-    def __init__(self, hold: str | None = None) -> None:
-        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+    def __init__(self, hold: str | None = None, time_cost: int = 1) -> None:
+        super().__init__(time_cost=time_cost, memory_cost=1024, parallelism=1)
         self.hold = hold
         self.held = threading.Event()
         self.release = threading.Event()
@@ -287,6 +287,19 @@ def test_a_store_of_schema_3_opens_and_keeps_its_accounts(site: Site) -> None:
     assert to_login(post(browser, "/deconnexion"))
 
 
+def test_a_login_that_rehashes_the_password_keeps_its_session(site: Site) -> None:
+    """Stronger hashing parameters than the stored hash's: the login stores a new hash, and
+    the session it opens is not taken for one opened before the password changed."""
+    stronger = Hasher(time_cost=2)
+    app = create_app(site.config, site.store, clock=site.clock, hasher=stronger)
+    browser = app.test_client()
+    answer = post(browser, "/connexion", identifiant=LEAD, mot_de_passe=LEAD_PW)
+    assert answer.status_code == 303 and answer.headers["Location"] == "/unites"
+    assert browser.get("/unites").status_code == 200
+    stored = site.store.web_user(LEAD)
+    assert stored is not None and ",t=2," in stored.password_hash
+
+
 # ---------------------------------------------------------------------------------------------
 # Logins: one answer for every refusal; lockout cannot be raced
 
@@ -325,14 +338,15 @@ def test_unknown_name_wrong_password_and_locked_account_get_the_same_answer(site
 
 @contextmanager
 def serving(site: Site) -> Iterator[str]:
-    """The real server on loopback for `site.app`; yields its host:port."""
+    """The real server on loopback for `site.app` (as the other real-server tests start it:
+    make_server, prepare, serve in a thread, stop); yields its `web.listen` host:port."""
     server = make_server(site.config, site.app)
     server.prepare()
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
-        host, port = server.bind_addr[:2]
-        yield f"{host}:{port}"
+        assert site.config.file.web is not None
+        yield site.config.file.web.listen
     finally:
         server.stop()
         thread.join(timeout=10)

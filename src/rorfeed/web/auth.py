@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -164,6 +164,8 @@ class Accounts:
                     return LoginResult(LoginOutcome.REFUSED)
             else:
                 accounts.login_succeeded(name, now, rehashed)
+                if rehashed is not None:  # the session opened now goes with the new hash
+                    account = replace(account, password_hash=rehashed)
                 return LoginResult(LoginOutcome.OK, user=account)
         log.warning("web_account_locked", account=name, until=locked_until.isoformat())
         return LoginResult(LoginOutcome.LOCKED, locked_until=locked_until)
