@@ -7,13 +7,14 @@ with who did it and from where), not written to the audit trail of modes and kil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import BadRequest
 
+from rorfeed.state import WebUser
 from rorfeed.web.context import current
 from rorfeed.web.french import sessions_ended_message
 from rorfeed.web.security import end_session, lead_required, user
@@ -34,6 +35,14 @@ class AccountRow:
     sessions: int
 
 
+def _state(account: WebUser, now: datetime) -> str:
+    if account.disabled:
+        return "désactivé"
+    if account.locked_until is not None and account.locked_until > now:
+        return "bloqué"
+    return "actif"
+
+
 @bp.get("/compte")
 def index() -> str:
     web = current()
@@ -41,16 +50,7 @@ def index() -> str:
     counts = web.store.web_session_counts(now - timedelta(minutes=web.section.session_minutes))
     me = user()
     rows = [
-        AccountRow(
-            u.name,
-            u.role,
-            "désactivé"
-            if u.disabled
-            else "bloqué"
-            if u.locked_until is not None and u.locked_until > now
-            else "actif",
-            counts.get(u.name, 0),
-        )
+        AccountRow(u.name, u.role, _state(u, now), counts.get(u.name, 0))
         for u in web.store.web_users()
         if me.lead or u.name == me.name
     ]
