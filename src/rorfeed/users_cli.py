@@ -1,10 +1,11 @@
-"""`rorfeed users add|passwd|disable|list NAME [--role lead|viewer] [--password-file PATH]`.
+"""`rorfeed users add|passwd|disable|end-sessions|list NAME [--role …] [--password-file PATH]`.
 
 The password is asked twice on a terminal (never echoed), or read from `--password-file`
 (`-` = standard input; one trailing newline ignored) for automation; it is never taken from
 the command line. `add` needs `--role`; `passwd` sets a new password, re-enables and unlocks
-the account, and changes its role when `--role` is given; `disable` ends its sessions at
-their next request; `list` prints a table (stdout), every account or NAME only.
+the account, and changes its role when `--role` is given (and ends its sessions); `disable`
+ends its sessions at their next request; `end-sessions` ends them and nothing else; `list`
+prints a table (stdout), every account or NAME only.
 
 Exit codes as the rest of the CLI: 0 done, 1 refused (name taken or reserved, unknown
 account, weak or mismatched password), 2 usage error.
@@ -26,7 +27,7 @@ from rorfeed.web.auth import MIN_PASSWORD_CHARS, AccountError, Accounts, Role, c
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
-ACTIONS = ("add", "passwd", "disable", "list")
+ACTIONS = ("add", "passwd", "disable", "end-sessions", "list")
 
 
 class _Usage(Exception):
@@ -109,7 +110,9 @@ def users(
             raise _Usage(f"users {action} needs the account NAME")
         if action == "add" and role is None:
             raise _Usage("users add needs --role lead (may switch) or --role viewer (reads only)")
-        if action in ("disable", "list") and (role is not None or password_file is not None):
+        if action in ("disable", "end-sessions", "list") and (
+            role is not None or password_file is not None
+        ):
             raise _Usage(f"users {action} takes neither --role nor --password-file")
         chosen_role = None if role is None else Role(role)
     except (_Usage, ValueError) as exc:
@@ -125,6 +128,10 @@ def users(
             accounts.disable(name)
             print(f"account {name} disabled (its sessions end now)", file=sys.stderr)
             return ExitCode.OK
+        if action == "end-sessions":
+            ended = accounts.end_sessions(name)
+            print(f"{ended} session(s) of {name} ended", file=sys.stderr)
+            return ExitCode.OK
         if action == "add":
             check_name(name)
             if store.web_user(name) is not None:
@@ -137,7 +144,7 @@ def users(
             raise AccountError(f"no account named {name!r}")
         accounts.set_password(name, read_password(password_file), chosen_role)
         print(
-            f"password of {name} changed; account enabled and unlocked"
+            f"password of {name} changed; account enabled and unlocked, its sessions ended"
             + (f", role {chosen_role.value}" if chosen_role else ""),
             file=sys.stderr,
         )

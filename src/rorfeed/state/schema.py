@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from rorfeed.errors import StateError
 from rorfeed.url_password import scrubbed, url_password, without_password
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -229,6 +229,17 @@ users_t = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
+# The web page's open sessions: the signed cookie carries a random id, this table its SHA-256.
+# A session lives while its row does: logout, "close all my sessions", a new password or role
+# and disabling the account delete rows, so a copy of a cookie is refused after them.
+web_sessions_t = Table(
+    "web_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # hex SHA-256 of the cookie's session id
+    Column("account", String(200), nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 
 # -- migrations ---------------------------------------------------------------------------------
 
@@ -267,12 +278,19 @@ def _migrate_4_to_5(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {emails_t.name} ADD COLUMN audience {column}")
 
 
+def _migrate_5_to_6(conn: Connection) -> None:
+    """Version 6: the web page's sessions kept on the server (a cookie signed before it has
+    no session id: its holder logs in again)."""
+    web_sessions_t.create(conn, checkfirst=True)
+
+
 # Migrations from version N to N+1, as functions of a connection. Each keeps every row.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
     3: _migrate_3_to_4,
     4: _migrate_4_to_5,
+    5: _migrate_5_to_6,
 }
 
 

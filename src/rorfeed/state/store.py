@@ -343,17 +343,27 @@ class Store:
         with self.tx() as tx:
             return tx.web_accounts.disable(name, now)
 
-    def web_login_failed(
-        self, name: str, now: datetime, max_failures: int, lock_until: datetime
-    ) -> datetime | None:
-        with self.tx() as tx:
-            return tx.web_accounts.login_failed(name, now, max_failures, lock_until)
-
-    def web_login_succeeded(
-        self, name: str, now: datetime, new_password_hash: str | None = None
+    def open_web_session(
+        self, name: str, token_hash: str, now: datetime, expired: datetime
     ) -> None:
         with self.tx() as tx:
-            tx.web_accounts.login_succeeded(name, now, new_password_hash)
+            tx.web_accounts.open_session(name, token_hash, now, expired)
+
+    def web_session_user(self, name: str, token_hash: str) -> WebUser | None:
+        with self.tx() as tx:
+            return tx.web_accounts.session_user(name, token_hash)
+
+    def end_web_session(self, token_hash: str) -> None:
+        with self.tx() as tx:
+            tx.web_accounts.end_session(token_hash)
+
+    def end_web_sessions(self, name: str) -> int:
+        with self.tx() as tx:
+            return tx.web_accounts.end_sessions(name)
+
+    def web_session_counts(self, since: datetime) -> dict[str, int]:
+        with self.tx() as tx:
+            return tx.web_accounts.session_counts(since)
 
 
 def open_store(url: str, password: str | None = None) -> Store:

@@ -1,6 +1,7 @@
-"""Accounts of `rorfeed web` (managed with `rorfeed users`) and its session-signing key.
+"""Accounts of `rorfeed web` (managed with `rorfeed users`), their sessions, the signing key.
 
-Only Argon2id hashes are stored (rorfeed.web.auth makes and checks them).
+Only Argon2id hashes are stored (rorfeed.web.auth makes and checks them), and of a session only
+the SHA-256 of its id. A new password or role and disabling an account end its sessions.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from rorfeed.errors import StateError
-from rorfeed.state.schema import meta_t, users_t
+from rorfeed.state.schema import meta_t, users_t, web_sessions_t
 
 
 def _secret_query() -> Select[tuple[str]]:
@@ -106,7 +107,9 @@ class WebAccounts:
     def set_password(
         self, name: str, password_hash: str, now: datetime, role: str | None = None
     ) -> bool:
-        """New password (and role, if given); enables and unlocks. False: no such account."""
+        """New password (and role, if given); enables and unlocks, ends every session.
+
+        False: no such account."""
         values: dict[str, Any] = {
             "password_hash": password_hash,
             "disabled": False,
@@ -117,14 +120,25 @@ class WebAccounts:
         if role is not None:
             values["role"] = role
         result = self._conn.execute(update(users_t).where(users_t.c.name == name).values(**values))
+        self.end_sessions(name)
         return bool(result.rowcount)
 
     def disable(self, name: str, now: datetime) -> bool:
-        """Disable an account (its sessions end at their next request). False: no such one."""
+        """Disable an account and end its sessions. False: no such account."""
         result = self._conn.execute(
             update(users_t).where(users_t.c.name == name).values(disabled=True, updated_at=now)
         )
+        self.end_sessions(name)
         return bool(result.rowcount)
+
+    def user_for_login(self, name: str) -> WebUser | None:
+        """The account, its row locked until the transaction ends (PostgreSQL `FOR UPDATE`;
+        SQLite's `BEGIN IMMEDIATE` already holds the write lock), so that a login is decided
+        on what no other login changes meanwhile."""
+        row = self._conn.execute(
+            select(users_t).where(users_t.c.name == name).with_for_update()
+        ).first()
+        return None if row is None else _web_user(row)
 
     def login_failed(
         self, name: str, now: datetime, max_failures: int, lock_until: datetime
@@ -133,10 +147,13 @@ class WebAccounts:
 
         A lock that has run out starts the count afresh; a locked account's failures are
         not counted (they do not lengthen the lock). Returns the lock's end when locked.
+        Call it after `user_for_login` in the same transaction.
         """
         conn = self._conn
         row = conn.execute(
-            select(users_t.c.failed_logins, users_t.c.locked_until).where(users_t.c.name == name)
+            select(users_t.c.failed_logins, users_t.c.locked_until)
+            .where(users_t.c.name == name)
+            .with_for_update()
         ).first()
         if row is None:
             return None
@@ -157,3 +174,37 @@ class WebAccounts:
         if new_password_hash is not None:
             values.update(password_hash=new_password_hash, updated_at=now)
         self._conn.execute(update(users_t).where(users_t.c.name == name).values(**values))
+
+    # -- sessions (`token_hash`: the hex SHA-256 of the id the signed cookie carries)
+
+    def open_session(self, name: str, token_hash: str, now: datetime, expired: datetime) -> None:
+        """Record a new session of `name`; forget every session opened before `expired`."""
+        conn = self._conn
+        conn.execute(delete(web_sessions_t).where(web_sessions_t.c.created_at < expired))
+        conn.execute(insert(web_sessions_t).values(id=token_hash, account=name, created_at=now))
+
+    def session_user(self, name: str, token_hash: str) -> WebUser | None:
+        """The account `name` when that session of it is still open, else None."""
+        row = self._conn.execute(
+            select(web_sessions_t.c.id).where(
+                web_sessions_t.c.id == token_hash, web_sessions_t.c.account == name
+            )
+        ).first()
+        return None if row is None else self.user(name)
+
+    def end_session(self, token_hash: str) -> None:
+        self._conn.execute(delete(web_sessions_t).where(web_sessions_t.c.id == token_hash))
+
+    def end_sessions(self, name: str) -> int:
+        """End every session of `name`; how many were open."""
+        result = self._conn.execute(delete(web_sessions_t).where(web_sessions_t.c.account == name))
+        return int(result.rowcount)
+
+    def session_counts(self, since: datetime) -> dict[str, int]:
+        """Open sessions per account, of those opened since `since` (older ones have expired)."""
+        rows = self._conn.execute(
+            select(web_sessions_t.c.account, func.count())
+            .where(web_sessions_t.c.created_at >= since)
+            .group_by(web_sessions_t.c.account)
+        )
+        return {str(account): int(count) for account, count in rows}

@@ -1,11 +1,11 @@
 """The web page (SPEC §10): a Flask application, server-rendered in French.
 
-Pages: Unités (with filters), a unit's page, Coupure, Historique, État, and the login page,
-one blueprint per area (`rorfeed.web.views`). Every change goes through `Control` with the
-account's name as actor. A change always takes two steps: the form (which units, which
-kill-switch), then a confirmation page that says what it means for the ROR and asks for the
-mandatory reason. Security (sessions, CSRF, roles, headers) is `rorfeed.web.security`; the
-French, `rorfeed.web.french`; serving, `rorfeed.web.server`.
+Pages: Unités (with filters), a unit's page, Coupure, Historique, État, Compte (closing
+sessions) and the login page, one blueprint per area (`rorfeed.web.views`). Every change goes
+through `Control` with the account's name as actor. A change always takes two steps: the form
+(which units, which kill-switch), then a confirmation page that says what it means for the ROR
+and asks for the mandatory reason. Security (sessions, CSRF, roles, headers) is
+`rorfeed.web.security`; the French, `rorfeed.web.french`; serving, `rorfeed.web.server`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from rorfeed.web import security
 from rorfeed.web.auth import Accounts
 from rorfeed.web.context import Clock, Flusher, Web, current
 from rorfeed.web.french import FILTERS
-from rorfeed.web.views import anomalies, journal, killswitch, mapping, session, units
+from rorfeed.web.views import account, anomalies, journal, killswitch, mapping, session, units
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
@@ -75,7 +75,15 @@ def create_app(
     app.after_request(security.headers)
     app.context_processor(_context)
     app.register_error_handler(HTTPException, _error_page)
-    for area in (session.bp, units.bp, mapping.bp, killswitch.bp, journal.bp, anomalies.bp):
+    for area in (
+        session.bp,
+        units.bp,
+        mapping.bp,
+        killswitch.bp,
+        journal.bp,
+        anomalies.bp,
+        account.bp,
+    ):
         app.register_blueprint(area)
     return app
 

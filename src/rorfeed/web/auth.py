@@ -2,8 +2,9 @@
 
 Passwords are hashed with Argon2id (`argon2-cffi`, its RFC 9106 parameters) and never kept,
 logged or shown in clear. After `MAX_FAILURES` wrong passwords in a row an account is refused
-for `LOCK_DURATION`, even with the right password; a login with an unknown or disabled name
-costs the same hashing time as a real one, so timing does not tell which names exist.
+for `LOCK_DURATION`, even with the right password, however many logins arrive at once; a login
+with an unknown, disabled or locked name costs the same hashing time as a real one, so timing
+does not tell which names exist or are locked (nor does the page's answer: SPEC §10.3).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -39,6 +40,9 @@ _HASHING = threading.BoundedSemaphore(2)
 class Role(StrEnum):
     LEAD = "lead"  # the chef de projet: switches units and kill-switches
     VIEWER = "viewer"  # the bed-management cell, ops: sees everything, changes nothing
+
+
+_ROLES = frozenset(r.value for r in Role)
 
 
 class AccountError(RorfeedError):
@@ -70,7 +74,8 @@ def check_password(password: str) -> str:
 class LoginOutcome(StrEnum):
     OK = "ok"
     REFUSED = "refused"  # unknown name, disabled account or wrong password: one answer
-    LOCKED = "locked"  # too many failures: refused until `locked_until`
+    LOCKED = "locked"  # too many failures: refused until `locked_until` (logged; the page
+    # answers as for REFUSED, so that it does not tell which names exist)
 
 
 @dataclass(frozen=True)
@@ -123,26 +128,47 @@ class Accounts:
     def user(self, name: str) -> WebUser | None:
         return self.store.web_user(name)
 
+    def end_sessions(self, name: str) -> int:
+        """End every open session of `name` (at their next request); how many there were."""
+        if self.store.web_user(name) is None:
+            raise AccountError(f"no account named {name!r}")
+        return self.store.end_web_sessions(name)
+
     def authenticate(self, name: str, password: str) -> LoginResult:
-        """Check a login; counts failures and locks the account after MAX_FAILURES."""
-        now = self.clock()
+        """Check a login; counts failures and locks the account after MAX_FAILURES.
+
+        The password is hashed first, whatever the name (unknown, disabled and locked accounts
+        cost the same time as a real check); then the outcome is decided in one transaction on
+        the account's locked row: a check that ends once the account is locked is refused,
+        even with the right password, and neither clears the lock nor restarts the count.
+        """
         user = self.store.web_user(name) if _NAME_RE.fullmatch(name) else None
-        if user is None or user.disabled or user.role not in {r.value for r in Role}:
+        if user is None or user.disabled or user.role not in _ROLES:
             self._verify(self._dummy(), password)  # the same cost as a real check
             return LoginResult(LoginOutcome.REFUSED)
-        if user.locked_until is not None and user.locked_until > now:
-            return LoginResult(LoginOutcome.LOCKED, locked_until=user.locked_until)
-        if not self._verify(user.password_hash, password):
-            locked_until = self.store.web_login_failed(name, now, MAX_FAILURES, now + LOCK_DURATION)
-            if locked_until is not None:
-                log.warning("web_account_locked", account=name, until=locked_until.isoformat())
-                return LoginResult(LoginOutcome.LOCKED, locked_until=locked_until)
-            return LoginResult(LoginOutcome.REFUSED)
+        verified = self._verify(user.password_hash, password)
         rehashed = None
-        if self.hasher.check_needs_rehash(user.password_hash):
+        if verified and self.hasher.check_needs_rehash(user.password_hash):
             rehashed = self.hash(password) if len(password) >= MIN_PASSWORD_CHARS else None
-        self.store.web_login_succeeded(name, now, rehashed)
-        return LoginResult(LoginOutcome.OK, user=user)
+        now = self.clock()  # after hashing: when the login is decided
+        with self.store.tx() as tx:
+            accounts = tx.web_accounts
+            account = accounts.user_for_login(name)
+            if account is None or account.disabled or account.role not in _ROLES:
+                return LoginResult(LoginOutcome.REFUSED)
+            if account.locked_until is not None and account.locked_until > now:
+                return LoginResult(LoginOutcome.LOCKED, locked_until=account.locked_until)
+            if not verified or account.password_hash != user.password_hash:
+                locked_until = accounts.login_failed(name, now, MAX_FAILURES, now + LOCK_DURATION)
+                if locked_until is None:
+                    return LoginResult(LoginOutcome.REFUSED)
+            else:
+                accounts.login_succeeded(name, now, rehashed)
+                if rehashed is not None:  # the session opened now goes with the new hash
+                    account = replace(account, password_hash=rehashed)
+                return LoginResult(LoginOutcome.OK, user=account)
+        log.warning("web_account_locked", account=name, until=locked_until.isoformat())
+        return LoginResult(LoginOutcome.LOCKED, locked_until=locked_until)
 
     def _dummy(self) -> str:
         if self._dummy_hash is None:

@@ -10,7 +10,7 @@ from markupsafe import Markup
 from rorfeed.model import AnomalyDecision, CycleOutcome, EstablishmentStatus, Mode
 from rorfeed.reads import ManualReason
 from rorfeed.state import AuditEntry, UnitState
-from rorfeed.web.auth import Role
+from rorfeed.web.auth import LOCK_DURATION, MAX_FAILURES, Role
 from rorfeed.web.context import current
 from rorfeed.wording import agreed
 
@@ -48,6 +48,29 @@ DECISIONS = {
     AnomalyDecision.VALUES_RIGHT: "les valeurs étaient justes",
 }
 ALL_ESTABLISHMENTS = "Tous les établissements"
+# The one answer to a refused login, whatever the reason (SPEC §10.3: an unknown name and a
+# locked account get the same answer).
+LOGIN_REFUSED = (
+    "Identifiant ou mot de passe incorrect, ou compte désactivé, ou bloqué pendant "
+    f"{LOCK_DURATION.seconds // 60} minutes après {MAX_FAILURES} échecs de connexion. En cas "
+    "de doute, demandez à l'exploitation de vérifier votre compte."
+)
+SESSION_ENDED = "Votre session a pris fin : reconnectez-vous."
+
+
+def sessions_ended_message(name: str | None, n: int) -> str:
+    """What closing every session of the account `name` (None: one's own) did."""
+    count = (
+        "aucune session n'était ouverte"
+        if n == 0
+        else ("1 session fermée" if n == 1 else f"{n} sessions fermées")
+    )
+    if name is None:
+        return f"Toutes vos sessions sont fermées ({count}) : reconnectez-vous."
+    return (
+        f"Sessions du compte « {name} » fermées ({count}) : il doit se reconnecter sur chaque "
+        "appareil."
+    )
 
 
 def format_local(at: datetime | None, zone: tzinfo) -> str:

@@ -2,19 +2,24 @@
 
 A signed session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` under TLS or behind a loopback
 reverse proxy that says `X-Forwarded-Proto: https`) whose key lives in the state store, shared
-by every process; a session ends after `web.session_minutes`, when its account is disabled or
-its password changed; a CSRF token in every form. `guard` runs before every request: without
-a session only the login page and the stylesheet are served. A view that changes something is
+by every process. The cookie carries a random session id; the state store keeps its SHA-256,
+and `guard` checks on every request that the session is still open there (SPEC §10.3). A
+session ends after `web.session_minutes`, at logout, when the account (or a `lead`) closes all
+its sessions, when its account is disabled or its password or role changed: its row is deleted,
+so a copy of the cookie taken before is refused. A CSRF token in every form. Without a session
+only the login page and the stylesheet are served. A view that changes something is
 `lead_required`.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import structlog
@@ -25,6 +30,7 @@ from werkzeug.exceptions import Forbidden
 from rorfeed.state import WebUser
 from rorfeed.web.auth import Role, password_fingerprint
 from rorfeed.web.context import current
+from rorfeed.web.french import SESSION_ENDED
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response
@@ -100,31 +106,50 @@ def _csrf_ok() -> bool:
     return isinstance(expected, str) and hmac.compare_digest(expected.encode(), sent.encode())
 
 
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
 def start_session(account: WebUser) -> None:
-    """A fresh session (and CSRF token) for `account`, at each login."""
+    """A fresh session (id, recorded in the state store, and CSRF token) for `account`."""
+    web = current()
+    now = web.clock()
+    session_id = secrets.token_urlsafe(32)
+    expired = now - timedelta(minutes=web.section.session_minutes)
+    web.store.open_web_session(account.name, _digest(session_id), now, expired)
     session.clear()
     session["user"] = account.name
-    session["login_at"] = current().clock().timestamp()
+    session["sid"] = session_id
+    session["login_at"] = now.timestamp()
     session["pw"] = password_fingerprint(account)
     session["csrf"] = secrets.token_urlsafe(32)
 
 
 def end_session() -> None:
+    """Logout: this session ends in the state store (a copy of its cookie is refused too)."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        current().store.end_web_session(_digest(session_id))
     session.clear()
 
 
 def session_user() -> SessionUser | None:
-    """The account of this request's session, or None (expired, disabled, password changed)."""
+    """The account of this request's session, or None (expired, ended, disabled…)."""
     web = current()
     name, login_at = session.get("user"), session.get("login_at")
-    if not isinstance(name, str) or not isinstance(login_at, int | float):
+    session_id = session.get("sid")
+    if (
+        not isinstance(name, str)
+        or not isinstance(login_at, int | float)
+        or not isinstance(session_id, str)
+    ):
         return None
     now = web.clock().timestamp()
     if not login_at - 60 <= now <= login_at + web.section.session_minutes * 60:
         session.clear()
         flash("Votre session a expiré : reconnectez-vous.", "info")
         return None
-    account = web.accounts.user(name)
+    account = web.store.web_session_user(name, _digest(session_id))
     if (
         account is None
         or account.disabled
@@ -132,6 +157,7 @@ def session_user() -> SessionUser | None:
         or session.get("pw") != password_fingerprint(account)
     ):
         session.clear()
+        flash(SESSION_ENDED, "info")
         return None
     return SessionUser(account.name, Role(account.role))
 

@@ -9,7 +9,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from rorfeed.web.auth import LoginOutcome
 from rorfeed.web.context import current
-from rorfeed.web.french import format_local
+from rorfeed.web.french import LOGIN_REFUSED
 from rorfeed.web.security import end_session, session_user, start_session, user
 
 if TYPE_CHECKING:
@@ -35,25 +35,19 @@ def login() -> Response | tuple[str, int] | str:
         start_session(result.user)
         log.info("web_login", account=result.user.name, role=result.user.role, ip=ip)
         return redirect(url_for("units.index"), 303)
-    if result.outcome is LoginOutcome.LOCKED:
-        log.warning("web_login_refused", account=name, reason="locked", ip=ip)
-        until = format_local(result.locked_until, web.zone)
-        message = (
-            f"Trop d'échecs de connexion : ce compte est bloqué jusqu'à {until}. Réessayez "
-            "ensuite, ou demandez à l'exploitation de changer le mot de passe."
-        )
-        return render_template("connexion.html", name=name, error=message), 429
-    # Only a name that exists is logged: a password typed into the name field never is.
+    # One answer for an unknown name, a disabled or locked account and a wrong password
+    # (SPEC §10.3): the page does not tell which names exist. The log says which it was, and
+    # names only an account that exists: a password typed into the name field never is.
     known = web.accounts.user(name) if name else None
-    log.warning("web_login_refused", account=known.name if known else None, reason="refused", ip=ip)
-    message = "Identifiant ou mot de passe incorrect (ou compte désactivé)."
-    return render_template("connexion.html", name=name, error=message), 401
+    reason = "locked" if result.outcome is LoginOutcome.LOCKED else "refused"
+    log.warning("web_login_refused", account=known.name if known else None, reason=reason, ip=ip)
+    return render_template("connexion.html", name=name, error=LOGIN_REFUSED), 401
 
 
 @bp.post("/deconnexion")
 def logout() -> Response:
     account = user()
     end_session()
-    log.info("web_logout", account=account.name)
+    log.info("web_logout", account=account.name, ip=request.remote_addr)
     flash("Vous êtes déconnecté.", "info")
     return redirect(url_for("session.login"), 303)
