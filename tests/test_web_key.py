@@ -9,6 +9,7 @@ from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 
+from rorfeed.cli import main
 from rorfeed.config import load
 from rorfeed.errors import ConfigError
 from rorfeed.state import open_store
@@ -75,3 +76,25 @@ def test_a_short_key_is_a_configuration_error(tmp_path: Path) -> None:
         "rorfeed.toml: web.secret_file: the key is 9 characters, at least 32 — e.g."
         " `openssl rand -hex 32`"
     ]
+
+
+def test_rotate_key_ends_every_session_of_a_running_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = app_for(tmp_path, "")
+    cookie = cookie_of(logged_in(app))
+    assert answer_with(app, cookie) == 200
+    assert main(["--config", str(tmp_path / "rorfeed.toml"), "users", "rotate-key"]) == 0
+    assert "1 session(s) ended" in capsys.readouterr().err
+    # The same process, not restarted: the old cookie is refused, a new login works.
+    assert answer_with(app, cookie) == 303
+    assert answer_with(app, cookie_of(logged_in(app))) == 200
+
+
+def test_rotate_key_refuses_when_the_key_comes_from_a_credential(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "key").write_text(KEY + "\n")
+    app_for(tmp_path, f'secret_file = "{tmp_path / "key"}"\n')
+    assert main(["--config", str(tmp_path / "rorfeed.toml"), "users", "rotate-key"]) == 2
+    assert "web.secret_file is set" in capsys.readouterr().err

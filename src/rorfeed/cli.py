@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("web", help="the web page for the chef de projet and the bed-management cell")
     accounts = sub.add_parser("users", help="accounts of the web page")
-    accounts.add_argument("action", choices=("add", "passwd", "disable", "end-sessions", "list"))
+    accounts.add_argument(
+        "action", choices=("add", "passwd", "disable", "end-sessions", "list", "rotate-key")
+    )
     accounts.add_argument("name", nargs="?", help="account name (for list: only this one)")
     accounts.add_argument(
         "--role",

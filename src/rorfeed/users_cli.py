@@ -27,7 +27,7 @@ from rorfeed.web.auth import MIN_PASSWORD_CHARS, AccountError, Accounts, Role, c
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
-ACTIONS = ("add", "passwd", "disable", "end-sessions", "list")
+ACTIONS = ("add", "passwd", "disable", "end-sessions", "list", "rotate-key")
 
 
 class _Usage(Exception):
@@ -92,6 +92,22 @@ def _list(store: Store, name: str | None, config: Config) -> int:
     return ExitCode.OK
 
 
+def _rotate_key(config: Config, store: Store) -> int:
+    if "web.secret" in config.secrets:
+        print(
+            "rorfeed: web.secret_file is set: the page signs with that file's key, not the"
+            " stored one — replace the file (`openssl rand -hex 32`) and restart rorfeed-web",
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE
+    ended = store.rotate_web_secret()
+    print(
+        f"signing key replaced: {ended} session(s) ended, everyone logs in again",
+        file=sys.stderr,
+    )
+    return ExitCode.OK
+
+
 def users(
     config: Config,
     action: str,
@@ -106,7 +122,9 @@ def users(
     try:
         if action not in ACTIONS:
             raise _Usage(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
-        if action != "list" and not name:
+        if action == "rotate-key" and (name or role is not None or password_file is not None):
+            raise _Usage("users rotate-key takes no NAME, --role nor --password-file")
+        if action not in ("list", "rotate-key") and not name:
             raise _Usage(f"users {action} needs the account NAME")
         if action == "add" and role is None:
             raise _Usage("users add needs --role lead (may switch) or --role viewer (reads only)")
@@ -123,6 +141,8 @@ def users(
         accounts = Accounts(store, hasher=hasher)
         if action == "list":
             return _list(store, name, config)
+        if action == "rotate-key":
+            return _rotate_key(config, store)
         assert name is not None  # noqa: S101 - checked above
         if action == "disable":
             accounts.disable(name)

@@ -321,6 +321,11 @@ class Store:
             with self.tx() as tx:
                 return tx.web_accounts.secret_required()
 
+    def rotate_web_secret(self) -> int:
+        """`rorfeed users rotate-key`: a new stored key; returns the sessions it ended."""
+        with self.tx() as tx:
+            return tx.web_accounts.replace_secret()
+
     def web_user(self, name: str) -> WebUser | None:
         with self.tx() as tx:
             return tx.web_accounts.user(name)

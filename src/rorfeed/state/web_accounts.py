@@ -76,6 +76,19 @@ class WebAccounts:
         self._conn.execute(insert(meta_t).values(key="web_secret", value=value))
         return value
 
+    def replace_secret(self) -> int:
+        """A new signing key in place of the stored one, and every session ended (they were
+        signed with the old one); returns how many sessions ended."""
+        import secrets
+
+        value = secrets.token_hex(32)
+        done = self._conn.execute(
+            update(meta_t).where(meta_t.c.key == "web_secret").values(value=value)
+        )
+        if done.rowcount == 0:
+            self._conn.execute(insert(meta_t).values(key="web_secret", value=value))
+        return int(self._conn.execute(delete(web_sessions_t)).rowcount or 0)
+
     # -- accounts
 
     def user(self, name: str) -> WebUser | None:

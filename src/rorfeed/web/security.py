@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import structlog
 from flask import Flask, flash, g, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import Forbidden
 
 from rorfeed.state import WebUser
@@ -70,6 +71,21 @@ def user() -> SessionUser:
 
 class SessionInterface(SecureCookieSessionInterface):
     """`Secure` when the request came over HTTPS (directly, or through a loopback proxy)."""
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        # The key of the moment, read at each request: after `rorfeed users rotate-key` a
+        # running page signs with the new one at once (`web.secret_file`: the file's).
+        web = app.extensions["rorfeed"]
+        key = web.config.secrets.get("web.secret", "").strip() or web.store.web_secret()
+        return URLSafeTimedSerializer(
+            key,
+            salt=self.salt,
+            serializer=self.serializer,
+            signer_kwargs={
+                "key_derivation": self.key_derivation,
+                "digest_method": self.digest_method,
+            },
+        )
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
