@@ -202,8 +202,9 @@ class WebServer:
             stopping.cancel()
             sock.close()
         # hypercorn's own way out after cancelling connections is a CancelledError: not a failure.
-        if serving.done() and not serving.cancelled() and serving.exception() is not None:
-            raise serving.exception()  # type: ignore[misc]
+        error = serving.exception() if serving.done() and not serving.cancelled() else None
+        if error is not None:
+            raise error
 
 
 def _never_empty(app: WSGIApplication) -> WSGIApplication:
