@@ -2,8 +2,8 @@
 
 Each test runs `rorfeed web` as its own process on loopback and talks raw HTTP/1.1 to it over
 sockets, as an attacker would: a header line far over 16 KiB, a body over 4 MiB, twenty
-clients that trickle their headers. Every wait has a deadline; the figures they measure are in
-the assertion messages.
+clients that trickle their headers (and one its body), a slow client over TLS. Every wait has a
+deadline; the figures they measure are in the assertion messages.
 """
 
 from __future__ import annotations
@@ -158,9 +158,10 @@ def test_a_header_line_over_16_kib_is_refused_and_the_process_does_not_grow(web:
     after = web.rss_kib()
     figures = f"sent {sent // MIB} MiB in {time.monotonic() - start:.1f} s, answer {status!r}, "
     figures += f"RSS {before // 1024} -> {after // 1024} MiB"
-    # Refused early: a 4xx answer, or the connection closed before the 64 MiB were sent.
-    assert status.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")) or (not status and sent < 64 * MIB)
-    assert sent < 8 * MIB, figures
+    # Refused early: a 4xx answer (431), or the connection closed, long before the 64 MiB were
+    # sent (what was sent is mostly in the kernel's socket buffers, a few MiB on loopback).
+    assert status.startswith(b"HTTP/1.1 4") or not status, figures
+    assert sent < 16 * MIB, figures
     assert after - before < 30 * 1024, figures
     web.get_login_page()  # and the page still answers
 
