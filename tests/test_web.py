@@ -1,7 +1,7 @@
 """The web page (SPEC §10) at the HTTP level: every page and action, both roles, the refusals.
 
 Most tests drive the Flask application with its test client (an injected clock for session
-expiry and login throttling); a few run the real server (cheroot) on loopback: over TLS, and
+expiry and login throttling); a few run the real server (hypercorn) on loopback: over TLS, and
 `serve()` in its own process stopped by SIGTERM.
 """
 

@@ -1,6 +1,6 @@
 """The web page end to end in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-One server (cheroot on loopback) and one browser per module. Chromium cannot be downloaded
+One server (hypercorn on loopback) and one browser per module. Chromium cannot be downloaded
 here: the tests use `/usr/bin/chromium` (`scripts/test` installs it from Debian) and FAIL with
 a clear message when it is missing — a skipped browser test would hide a broken page.
 Screenshots of the Unités page (1280 and 400 px wide) are kept under pytest's temporary
