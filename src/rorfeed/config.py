@@ -99,7 +99,8 @@ class EstablishmentSection(Strict):
         "luhn", description='or "format" (format only, for a real FINESS that fails the key)'
     )
     mapping: ReadableFile = Field(
-        description="CSV local_code;ror_id;label[;mode]", examples=["mapping.csv"]
+        description="CSV local_code;ror_id;label[;mode][;priority][;id_externe_synchro]",
+        examples=["mapping.csv"],
     )
     referential: ReadableFile = Field(
         "", description="optional ROR referential export (CSV of fiche ids)"
