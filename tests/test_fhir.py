@@ -689,6 +689,16 @@ def test_the_identifier_keeps_its_slash_and_encodes_what_would_change_the_query(
     assert ror.patches()[0].query == {"identifier": [f"1{FINESS}/{code}"]}
 
 
+def test_a_local_code_that_cannot_be_a_sync_code_is_refused_without_a_request(
+    ror: RorServer, pki: Pki
+) -> None:
+    with _session(ror, pki) as session:
+        answer = session.send(FINESS, "UF 12", value())
+    assert (answer.outcome, answer.reason) == (Outcome.UNIT_REFUSED, "invalid_sync_code")
+    assert "id_externe_synchro" in answer.diagnostics
+    assert ror.log == []
+
+
 def test_the_token_is_reused_on_one_kept_alive_connection(ror: RorServer, pki: Pki) -> None:
     with _session(ror, pki) as session:
         for indicator in Indicator:

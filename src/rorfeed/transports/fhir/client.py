@@ -42,6 +42,7 @@ import httpx
 import structlog
 
 from rorfeed.errors import AuthFailed, TransportError, shown
+from rorfeed.mapping import sync_code_problem
 from rorfeed.transports.fhir import FhirDestinationSection
 from rorfeed.transports.fhir.body import (
     CAPACITY_PATH,
@@ -411,7 +412,16 @@ class FhirSession:
         identifier = identifier_of(finess, sync_code)
         bodies = {op: encode(build_body(op, value, self.transport.codes)) for op in Operation}
         started = self._clock()
-        if self._failed is not None:
+        # A code defaulted from a local code is only checked here (mapping.MappedUnit.sync_code).
+        bad_code = sync_code_problem(sync_code)
+        if bad_code is not None:
+            answer = Answer(
+                Outcome.UNIT_REFUSED,
+                "invalid_sync_code",
+                diagnostics=f'synchronisation code "{shown(sync_code)}" {bad_code} (set the'
+                " mapping's id_externe_synchro column)",
+            )
+        elif self._failed is not None:
             answer = replace(self._failed, attempts=0)
         elif finess in self._refused:
             answer = replace(self._refused[finess], attempts=0)
@@ -534,8 +544,14 @@ class FhirSession:
             )
         refused = {404: "location_not_found", 412: "multiple_matches", 400: "business_rule"}
         if status in refused:
+            # A capacity 404 here answers an `add`: the ROR will not create the indicator.
+            capacity = status == 404 and names_capacity(response)
             return Answer(
-                Outcome.UNIT_REFUSED, refused[status], status, operation, diagnostics=said
+                Outcome.UNIT_REFUSED,
+                "indicator_not_found" if capacity else refused[status],
+                status,
+                operation,
+                diagnostics=said,
             )
         if status == 403:
             return Answer(
