@@ -567,6 +567,25 @@ def test_transient_failures_are_retried_with_backoff(
     assert _operations(ror) == ["replace", "replace", "replace", "add"]
 
 
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (415, Outcome.DESTINATION_FAILED),  # the request's very shape: every unit alike
+        (302, Outcome.DESTINATION_FAILED),  # never followed
+        (204, Outcome.DESTINATION_FAILED),  # only a 200 is an acceptance
+        (409, Outcome.UNIT_REFUSED),
+    ],
+)
+def test_an_answer_outside_the_table_is_never_taken_for_an_acceptance(
+    ror: RorServer, pki: Pki, status: int, outcome: Outcome
+) -> None:
+    ror.settings.faults = [Fault("status", status=status)]
+    with _session(ror, pki) as session:
+        answer = session.send(FINESS, CODE, value())
+    assert (answer.outcome, answer.reason, answer.status) == (outcome, "unexpected_status", status)
+    assert len(ror.patches()) == 1
+
+
 def test_what_is_not_accepted_by_the_deadline_is_retryable(ror: RorServer, pki: Pki) -> None:
     ror.settings.faults = [Fault("status", status=502) for _ in range(1000)]
     started = time.monotonic()

@@ -659,11 +659,19 @@ class FhirSession:
             pool=min(phases.pool, remaining),
         )
         method = "PATCH" if operation is not None else "POST"
+        # The pace counts from the moment the request's first byte leaves, not from the call:
+        # a request that first waits for its connection's TLS handshake would otherwise reach
+        # the server closer to the next one than the interval.
+        self._next_start = self._clock() + self._interval
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if event == "http11.send_request_headers.started":
+                self._next_start = self._clock() + self._interval
+
         request = self._client.build_request(
-            method, url, content=body, headers=headers, timeout=timeout
+            method, url, content=body, headers=headers, timeout=timeout, extensions={"trace": trace}
         )
         _keep_only(request, {name.lower() for name in headers})
-        self._next_start = self._clock() + self._interval
         what = f"{method} {url.split('?', 1)[0]}"
         try:
             response = self._client.send(request, stream=True)
