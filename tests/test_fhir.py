@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -40,6 +41,7 @@ from rorfeed.transports.fhir.client import (
     Phases,
     location_url,
     names_capacity,
+    ssl_context,
 )
 from tests.fhir_server import (
     CLIENT_ID,
@@ -831,3 +833,36 @@ def test_the_capacity_404_is_told_from_the_location_404_by_its_expression() -> N
     assert not names_capacity(answer(["Location"]))
     assert not names_capacity(answer("Location"))
     assert not names_capacity(httpx.Response(404, text="<html>not found</html>"))
+
+
+def test_the_section_declares_its_files_and_its_passphrase_to_the_configuration(
+    tmp_path: Path,
+) -> None:
+    """What `config._check_section` derives from the fields once the kind is registered: the
+    three files must be readable, the passphrase pair is read as a secret."""
+    from rorfeed import config as config_module
+
+    (tmp_path / "auth_cli.pem").write_text("x")
+    (tmp_path / "pass").write_text("s3cret passphrase\n")
+    section = FhirDestinationSection.model_validate(
+        _section_data(client_key_passphrase_file="pass")
+    )
+    fake = SimpleNamespace(base_dir=tmp_path, resolve=lambda value: tmp_path / value)
+    problems: list[str] = []
+    secrets: dict[str, str] = {}
+    config_module._check_section(
+        cast(config_module.Config, fake), "destinations[0]", section, problems, secrets
+    )
+    assert secrets == {"destinations[0].client_key_passphrase": "s3cret passphrase"}
+    assert [p.split(":")[0] for p in problems] == [
+        "destinations[0].client_key",
+        "destinations[0].ca_bundle",
+    ]
+
+
+def test_the_tls_context_verifies_against_the_bundle_only_with_tls_1_2_or_later(pki: Pki) -> None:
+    context = ssl_context("test", pki.client_cert, pki.client_key, pki.ca, None)
+    assert context.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert len(context.get_ca_certs()) == 1  # the configured trust only, never the system's
