@@ -104,8 +104,8 @@ class EstablishmentSection(Strict):
         "luhn", description='or "format" (format only, for a real FINESS that fails the key)'
     )
     mapping: ReadableFile = Field(
-        description="CSV local_code;ror_id;label[;mode]; under /var/lib/rorfeed/mappings/ the"
-        " web page can change it",
+        description="CSV local_code;ror_id;label[;mode][;priority][;id_externe_synchro]; under"
+        " /var/lib/rorfeed/mappings/ the web page can change it",
         examples=["/var/lib/rorfeed/mappings/750712184.csv"],
     )
     referential: ReadableFile = Field(

@@ -7,6 +7,7 @@ RorfeedError
 ├── SourceError            a source could not give an extraction this cycle
 │   └── SourceTimeout      ... within its `timeout_seconds`
 ├── PivotInvalid           a rendered file does not match its shipped schema (a bug: never sent)
+├── FhirBodyInvalid        a request body for the national ROR fails rorfeed's check (never sent)
 ├── WorkDirError           the work folder (outbox, archive) cannot be written: disk full, ...
 └── TransportError         a delivery step failed
     ├── HostKeyRejected    unknown or changed SSH host key
@@ -49,6 +50,11 @@ class SourceTimeout(SourceError):
 
 class PivotInvalid(RorfeedError):
     """A rendered pivot file does not validate against its schema."""
+
+
+class FhirBodyInvalid(RorfeedError):
+    """A `Parameters` body for the national ROR is not what rorfeed may send (a bug, or a code
+    list edited wrong): it is never sent."""
 
 
 class WorkDirError(RorfeedError):

@@ -1,7 +1,8 @@
 """An establishment's mapping: each local unit onto exactly one ROR fiche (SPEC §4).
 
-The mapping CSV is `local_code;ror_id;label[;mode]` (UTF-8, BOM tolerated, `;` or `,`).
-It must be one-to-one: a local code or a ROR id appearing twice is an error naming both lines.
+The mapping CSV is `local_code;ror_id;label[;mode][;priority][;id_externe_synchro]` (UTF-8, BOM
+tolerated, `;` or `,`; columns found by their header names). It must be one-to-one: a local
+code, a ROR id or a synchronisation code appearing twice is an error naming both lines.
 ROR ids are opaque strings (they may hold `/`), compared exactly and sorted as text. A value
 that a spreadsheet or a terminal would execute is refused with its line (`safe_text`).
 """
@@ -14,11 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rorfeed.errors import MappingError, shown
-from rorfeed.model import MappedUnit, Mode
+from rorfeed.model import MappedUnit, Mode, Priority
 from rorfeed.safe_text import unsafe_problem
 
 COLUMNS = ("local_code", "ror_id", "label")
-HEADER_HINT = "local_code;ror_id;label[;mode]"
+OPTIONAL_COLUMNS = ("mode", "priority", "id_externe_synchro")
+HEADER_HINT = "local_code;ror_id;label[;mode][;priority][;id_externe_synchro]"
+SYNC_CODE_MAX = 64
+# What `identifier=1<FINESS>/<code>` can carry without changing meaning (SPEC §4): `/` separates
+# the FINESS from the code, `|` and `,` are the FHIR token search's system and "or" separators,
+# whitespace does not survive a query string intact.
+_SYNC_CODE_REFUSED = frozenset("/|,")
+
+
+def sync_code_problem(code: str) -> str | None:
+    """Why `code` cannot be a unit's `id_externe_synchro` (SPEC §4), or None."""
+    if not 1 <= len(code) <= SYNC_CODE_MAX:
+        return f"has {len(code)} characters — 1 to {SYNC_CODE_MAX} expected"
+    for c in code:
+        if not "!" <= c <= "~":
+            return f"holds {c!r}, which is not printable ASCII without whitespace — remove it"
+        if c in _SYNC_CODE_REFUSED:
+            return f'holds "{c}" — "/", "|" and "," cannot be in a synchronisation code'
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,15 +119,18 @@ def parse_mapping_text(text: str, path: Path | str) -> Mapping:
         raise MappingError(
             [f"{path}:1: header lacks {', '.join(missing)} — expected {HEADER_HINT}"]
         )
-    unknown = [h for h in header if h not in (*COLUMNS, "mode")]
+    unknown = [h for h in header if h not in (*COLUMNS, *OPTIONAL_COLUMNS)]
     if unknown:
         problems.append(f"{path}:1: unknown column(s) {shown(', '.join(unknown))}")
-    index = {name: header.index(name) for name in header if name in (*COLUMNS, "mode")}
+    index = {name: header.index(name) for name in header if name in (*COLUMNS, *OPTIONAL_COLUMNS)}
     at_local, at_ror, at_label = index["local_code"], index["ror_id"], index["label"]
-    at_mode = index.get("mode")
+    at_mode, at_priority = index.get("mode"), index.get("priority")
+    at_sync = index.get("id_externe_synchro")
     units: list[MappedUnit] = []
     local_seen: dict[str, int] = {}
     ror_seen: dict[str, int] = {}
+    sync_seen: dict[str, int] = {}
+    priorities = {str(p.value): p for p in Priority}
     # Looked up once: an enum's value is a descriptor call, three per line of a large mapping.
     modes, auto = {mode.value: mode for mode in (Mode.AUTO, Mode.MANUAL)}, Mode.AUTO.value
     end = reader.line_num
@@ -127,6 +149,18 @@ def parse_mapping_text(text: str, path: Path | str) -> Mapping:
         mode = modes.get(mode_text)
         if mode is None:
             problems.append(f'{path}:{line}: mode "{shown(mode_text)}" — expected auto or manual')
+            continue
+        priority_text = row[at_priority].strip() if at_priority is not None else ""
+        priority = priorities.get(priority_text) if priority_text else Priority.OTHER
+        if priority is None:
+            problems.append(
+                f'{path}:{line}: priority "{shown(priority_text)}" — expected 1 (soins'
+                " critiques) or 2 (the other units; the default when empty)"
+            )
+            continue
+        sync_text = row[at_sync].strip() if at_sync is not None else ""
+        if sync_text and (bad_sync := sync_code_problem(sync_text)):
+            problems.append(f'{path}:{line}: id_externe_synchro "{shown(sync_text)}" {bad_sync}')
             continue
         if not ror_id:
             problems.append(f"{path}:{line}: empty ror_id")
@@ -159,10 +193,23 @@ def parse_mapping_text(text: str, path: Path | str) -> Mapping:
                 f"{path}:{line}: local code {shown(local_code)} already mapped on line "
                 f"{local_seen[local_code]} — the mapping must be one-to-one"
             )
+        # The code the ROR will be asked for: two lines naming the same place would feed one
+        # Location with two units' counts, whether the code was written or defaulted.
+        # (A repeated local code standing for its own sync code is reported once, above.)
+        sync_code = sync_text or local_code
+        repeated_local = not sync_text and local_code in local_seen
+        if sync_code and sync_code in sync_seen and not repeated_local:
+            problems.append(
+                f"{path}:{line}: synchronisation code {shown(sync_code)}"
+                f"{'' if sync_text else ' (the local code, by default)'} already used on line"
+                f" {sync_seen[sync_code]} — each unit needs its own id_externe_synchro"
+            )
         ror_seen.setdefault(ror_id, line)
         if local_code:
             local_seen.setdefault(local_code, line)
-        units.append(MappedUnit(local_code, ror_id, label, mode, line))
+        if sync_code:
+            sync_seen.setdefault(sync_code, line)
+        units.append(MappedUnit(local_code, ror_id, label, mode, line, priority, sync_text))
     if problems:
         raise MappingError(problems)
     return Mapping(tuple(units))

@@ -9,12 +9,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 
 class Mode(StrEnum):
     AUTO = "auto"
     MANUAL = "manual"
+
+
+class Priority(IntEnum):
+    """The ARS's priority of a unit (SPEC §4): the follow-up report counts by it."""
+
+    CRITICAL_CARE = 1  # soins critiques: réanimation, soins intensifs, surveillance continue
+    OTHER = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,18 @@ class MappedUnit:
     label: str
     declared_mode: Mode = Mode.AUTO
     line: int = 0
+    priority: Priority = Priority.OTHER
+    # The mapping's `id_externe_synchro` column as written; "" when not given (`sync_code`).
+    id_externe_synchro: str = ""
+
+    @property
+    def sync_code(self) -> str:
+        """The code the unit's place carries in the national ROR (SPEC §4, §12): the
+        `id_externe_synchro` column, by default the local code ("" for a manual fiche without
+        one). A defaulted local code is not checked against the column's rules when the mapping
+        is read (a mapping only delivered as files may hold local codes with spaces): a `fhir`
+        destination checks it with `mapping.sync_code_problem` before using it."""
+        return self.id_externe_synchro or self.local_code
 
 
 @dataclass(frozen=True, slots=True)

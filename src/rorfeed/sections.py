@@ -54,8 +54,9 @@ class SourceCommon(Strict):
     kind: str
 
 
-class DestinationCommon(Strict):
-    """`[[destinations]]`: every destination kind has these keys."""
+class DestinationBase(Strict):
+    """`[[destinations]]`: every destination kind has these keys (and `timeout_seconds`, declared
+    by each with its own default)."""
 
     kind: str
     name: str = Field(min_length=1, description="name of the destination", examples=["sesan"])
@@ -65,6 +66,12 @@ class DestinationCommon(Strict):
     establishments: list[str] = Field(
         default_factory=list, description="FINESS list; empty = every establishment"
     )
+
+
+class DestinationCommon(DestinationBase):
+    """`[[destinations]]` that receive pivot files (sftp, directory): these keys too. A `fhir`
+    destination sends requests, not files: it has neither `file_name` nor `formats`."""
+
     file_name: str = Field(
         "rorlits_{finess}_{timestamp}.{ext}", description="placeholders: finess, timestamp, ext"
     )
