@@ -101,7 +101,7 @@ def test_every_account_reads_the_mapping_with_the_modes_and_only_a_lead_changes_
 ) -> None:
     viewer = site.login("cellule", "mot de passe cellule")
     shown = text_of(viewer.get(PAGE))
-    assert "52/100 Réanimation automatique automatique" in shown
+    assert "52/100 Réanimation automatique 2 REA (code local) automatique" in shown
     assert "Voir l'aperçu" not in shown
     assert upload(viewer, mapping_csv(NEW)).status_code == 403
     assert viewer.get(f"{PAGE}/{FINESS}/modifier").status_code == 403
@@ -147,24 +147,37 @@ def test_a_confirmed_upload_replaces_the_file_and_the_next_cycle_feeds_the_new_f
     assert site.run_once() == ["52/100", "52/600"]
 
 
-def test_the_form_edits_lines_through_the_same_preview(site: Site) -> None:
+def test_the_form_edits_lines_through_the_same_preview_and_keeps_every_column(
+    site: Site,
+) -> None:
     lead = site.login("chef", "mot de passe du chef")
+    (site.path / "mapping.csv").write_text(
+        "local_code;ror_id;label;mode;priority;id_externe_synchro\n"
+        "REA;52/100;Réanimation;auto;1;REA-01\nMED;52/200;Médecine;auto;2;\n",
+        encoding="utf-8",
+    )
     form = lead.get(f"{PAGE}/{FINESS}/modifier")
-    assert form.status_code == 200 and 'value="52/200"' in form.text
+    assert form.status_code == 200 and 'value="REA-01"' in form.text
     answer = post(
         lead,
         f"{PAGE}/{FINESS}/apercu",
-        local_code=["REA", "MED", "PED"],
-        ror_id=["52/100", "52/200", "52/600"],
-        label=["Réanimation", "Médecine", "Pédiatrie"],
-        mode=["auto", "auto", "manual"],
+        local_code=["REA", "MED", "PED", ""],
+        ror_id=["52/100", "52/200", "52/600", ""],
+        label=["Réanimation", "Médecine", "Pédiatrie", ""],
+        mode=["auto", "auto", "manual", "auto"],
+        priority=["1", "2", "1", "2"],
+        id_externe_synchro=["REA-01", "", "", ""],
         supprimer=["1"],
     )
     assert answer.status_code == 200
     shown = text_of(answer)
     assert "52/200 retirée du mapping" in shown
-    assert "52/600 ajoutée — PED · Pédiatrie · manuel" in shown
+    assert "52/600 ajoutée — PED · Pédiatrie · manuel · priorité 1" in shown
     assert "déclarée manuelle : saisie à la main dans le ROR" in shown
+    assert "52/100" not in shown  # unchanged: its priority and code are kept
+    form = {"texte": hidden(answer, "texte"), "base": hidden(answer, "base"), "motif": "m"}
+    assert post(lead, f"{PAGE}/{FINESS}/confirmer", **form).status_code == 303
+    assert "REA;52/100;Réanimation;auto;1;REA-01" in site.mapping
 
 
 def test_a_file_changed_since_the_preview_is_a_conflict_and_nothing_is_overwritten(

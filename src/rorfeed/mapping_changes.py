@@ -54,6 +54,8 @@ class ChangeKind(StrEnum):
     REMOVED = "removed"  # a fiche leaves it
     REMAPPED = "remapped"  # another local unit now gives the fiche's counts
     RELABELED = "relabeled"  # the label only
+    PRIORITY = "priority"  # its priority (the follow-up report counts by it)
+    SYNC_CODE = "sync_code"  # the code of its place in the national ROR (fhir destinations)
     REDECLARED = "redeclared"  # its declared mode changes
 
 
@@ -125,6 +127,10 @@ def compare(old: Mapping | None, new: Mapping, states: Sequence[UnitState]) -> t
                 changes.append(Change(ChangeKind.REMAPPED, ror_id, b, a, effect))
             elif a.label != b.label:
                 changes.append(Change(ChangeKind.RELABELED, ror_id, b, a, FeedEffect.NONE))
+            elif a.sync_code != b.sync_code:
+                changes.append(Change(ChangeKind.SYNC_CODE, ror_id, b, a, FeedEffect.NONE))
+            elif a.priority != b.priority:
+                changes.append(Change(ChangeKind.PRIORITY, ror_id, b, a, FeedEffect.NONE))
     return tuple(changes)
 
 

@@ -50,6 +50,10 @@ def describe(change: Change) -> str:
         what = f"local code {b.local_code} → {a.local_code}"
     elif change.kind is ChangeKind.RELABELED and a is not None and b is not None:
         what = f"label {b.label!r} → {a.label!r}"
+    elif change.kind is ChangeKind.PRIORITY and a is not None and b is not None:
+        what = f"priority {b.priority.value} → {a.priority.value}"
+    elif change.kind is ChangeKind.SYNC_CODE and a is not None and b is not None:
+        what = f"id_externe_synchro {b.sync_code or '-'} → {a.sync_code or '-'}"
     elif change.kind is ChangeKind.REDECLARED and a is not None and b is not None:
         what = f"declared {b.declared_mode} → {a.declared_mode}"
     else:
@@ -94,6 +98,8 @@ def show(config: Config, store: Store, finess: str | None, version: int | None) 
                         "ror_id": u.ror_id,
                         "label": u.label,
                         "declared_mode": u.declared_mode.value,
+                        "priority": u.priority.value,
+                        "id_externe_synchro": u.id_externe_synchro,
                         "mode": modes.get(u.ror_id),
                     }
                     for u in units

@@ -53,6 +53,8 @@ KINDS = {
     ChangeKind.REMAPPED: "code local changé",
     ChangeKind.RELABELED: "libellé changé",
     ChangeKind.REDECLARED: "mode déclaré changé",
+    ChangeKind.PRIORITY: "priorité changée",
+    ChangeKind.SYNC_CODE: "identifiant externe de synchronisation changé",
 }
 EFFECTS = {
     FeedEffect.STARTS: "alimentée automatiquement dès le prochain cycle",
@@ -64,8 +66,10 @@ EFFECTS = {
     FeedEffect.NEW_SOURCE: "toujours alimentée, avec les valeurs d'une autre unité locale",
     FeedEffect.NONE: "l'alimentation ne change pas",
 }
-# The columns the form edits, in the file's order.
-COLUMNS = ("local_code", "ror_id", "label", "mode")
+# The columns the form edits, in the file's order: every column of the mapping, so that a
+# change made in the form keeps what the file held.
+COLUMNS = ("local_code", "ror_id", "label", "mode", "priority", "id_externe_synchro")
+CHOSEN = ("mode", "priority")  # picked in a select, never empty
 EMPTY_ROWS = 3  # blank lines offered at the end of the form, to add fiches
 
 
@@ -283,7 +287,9 @@ def _proposed_text(web: Web, finess: str) -> str:
     writer = csv.writer(out, delimiter=";", lineterminator="\n")
     writer.writerow(COLUMNS)
     for i, row in enumerate(zip(*columns, strict=False)):
-        if str(i) in removed or not "".join(row).strip():
+        typed = [cell for name, cell in zip(COLUMNS, row, strict=False) if name not in CHOSEN]
+        # A line with nothing typed (its selects keep their defaults) is no line.
+        if str(i) in removed or not "".join(typed).strip():
             continue
         writer.writerow(cell.strip() for cell in row)
     return out.getvalue()
