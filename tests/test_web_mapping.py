@@ -175,8 +175,8 @@ def test_the_form_edits_lines_through_the_same_preview_and_keeps_every_column(
     assert "52/600 ajoutée — PED · Pédiatrie · manuel · priorité 1" in shown
     assert "déclarée manuelle : saisie à la main dans le ROR" in shown
     assert "52/100" not in shown  # unchanged: its priority and code are kept
-    form = {"texte": hidden(answer, "texte"), "base": hidden(answer, "base"), "motif": "m"}
-    assert post(lead, f"{PAGE}/{FINESS}/confirmer", **form).status_code == 303
+    confirmed = {"texte": hidden(answer, "texte"), "base": hidden(answer, "base"), "motif": "m"}
+    assert post(lead, f"{PAGE}/{FINESS}/confirmer", **confirmed).status_code == 303
     assert "REA;52/100;Réanimation;auto;1;REA-01" in site.mapping
 
 
