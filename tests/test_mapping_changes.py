@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from rorfeed.cli import main
 from rorfeed.config import load
@@ -283,3 +284,46 @@ def test_two_leads_confirming_at_once_one_wins_and_the_other_sees_the_conflict(
     (winner,) = (who for who, what in outcome.items() if what == "written")
     assert (site / "mapping.csv").read_text(encoding="utf-8") == texts[winner]
     assert {v.actor for v in store.mapping_versions(FINESS)} == {winner}
+
+
+def test_priority_and_sync_code_are_kept_audited_and_shown_by_units(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    header = "local_code;ror_id;label;mode;priority;id_externe_synchro\n"
+    (site / "mapping.csv").write_text(
+        header + "REA;52/100;Réanimation;auto;1;REA-01\nMED;52/200;Médecine;auto;;\n",
+        encoding="utf-8",
+    )
+    run_once(site)
+    capsys.readouterr()
+    assert rorfeed(site, "units", "--json") == 0
+    shown = {
+        u["ror_id"]: (u["priority"], u["id_externe_synchro"])
+        for u in json.loads(capsys.readouterr().out)
+    }
+    assert shown == {"52/100": (1, "REA-01"), "52/200": (2, "MED")}
+    (site / "mapping.csv").write_text(
+        header + "REA;52/100;Réanimation;auto;2;REA-02\nMED;52/200;Médecine;auto;;\n",
+        encoding="utf-8",
+    )
+    run_once(site)
+    changed = [(e["previous"], e["new"]) for e in history(site, capsys) if e["ror_id"] == "52/100"]
+    assert ("priority 1", "priority 2") in changed
+    assert ("id_externe_synchro REA-01", "id_externe_synchro REA-02") in changed
+
+
+def test_a_store_of_schema_6_gets_the_units_priority_and_sync_code(site: Path) -> None:
+    run_once(site)
+    url = load(site / "rorfeed.toml").state_url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE units DROP COLUMN priority"))
+        conn.execute(text("ALTER TABLE units DROP COLUMN id_externe_synchro"))
+        conn.execute(text("UPDATE rorfeed_meta SET value = '6' WHERE key = 'schema_version'"))
+    engine.dispose()
+    units = open_store(url).units()
+    assert [(u.ror_id, int(u.priority), u.sync_code) for u in units] == [
+        ("52/100", 2, "REA"),
+        ("52/200", 2, "MED"),
+        ("52/300", 2, "CHIR"),
+    ]

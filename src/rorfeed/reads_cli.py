@@ -100,6 +100,8 @@ def units(config: Config, store: Store, as_json: bool) -> int:
             "mode_since": _iso(u.mode_since, config),
             "mode_reason": u.mode_reason,
             "declared_manual": u.declared_mode.value == "manual",
+            "priority": int(u.priority),
+            "id_externe_synchro": u.sync_code,
             # Why the bed-management cell must enter it by hand in the ROR; [] = fed by rorfeed.
             "manual_entry": [reason.value for reason in r.manual_reasons],
             "last_counts": None
@@ -124,6 +126,7 @@ def units(config: Config, store: Store, as_json: bool) -> int:
             u.local_code or "-",
             u.ror_id,
             u.label,
+            str(int(u.priority)),
             ("MANUEL" if u.mode.value == "manual" else "auto")
             + (" (mapping)" if u.declared_mode.value == "manual" else ""),
             _short(u.mode_since, config),
@@ -143,6 +146,7 @@ def units(config: Config, store: Store, as_json: bool) -> int:
         "LOCAL",
         "ROR ID",
         "LABEL",
+        "PRIO",
         "MODE",
         "SINCE",
         "WHY",

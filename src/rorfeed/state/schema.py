@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from rorfeed.errors import StateError
 from rorfeed.url_password import scrubbed, url_password, without_password
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -88,6 +88,9 @@ units_t = Table(
     Column("last_available", Integer),
     Column("last_counts_at", UTCDateTime),
     # ↑ Older than the establishment's applied snapshot: see establishments.applied_snapshot_id.
+    # The mapping's `priority` and `id_externe_synchro` (as written, "" = the local code).
+    Column("priority", Integer, nullable=False, default=2, server_default="2"),
+    Column("id_externe_synchro", String(200), nullable=False, default="", server_default=""),
 )
 
 audit_t = Table(
@@ -284,6 +287,18 @@ def _migrate_5_to_6(conn: Connection) -> None:
     web_sessions_t.create(conn, checkfirst=True)
 
 
+def _migrate_6_to_7(conn: Connection) -> None:
+    """Version 7: the mapping's priority and id_externe_synchro kept with each unit (until
+    then every unit had the defaults: priority 2, the local code)."""
+    columns = {c["name"] for c in inspect(conn).get_columns(units_t.name)}
+    for name, default in (("priority", "2"), ("id_externe_synchro", "''")):
+        if name not in columns:
+            column = units_t.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(
+                f"ALTER TABLE {units_t.name} ADD COLUMN {name} {column} NOT NULL DEFAULT {default}"
+            )
+
+
 # Migrations from version N to N+1, as functions of a connection. Each keeps every row.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1_to_2,
@@ -291,6 +306,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _migrate_3_to_4,
     4: _migrate_4_to_5,
     5: _migrate_5_to_6,
+    6: _migrate_6_to_7,
 }
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from rorfeed.errors import StateError
-from rorfeed.model import ACTOR_RORFEED, BedCounts, MappedUnit, Mode
+from rorfeed.model import ACTOR_RORFEED, BedCounts, MappedUnit, Mode, Priority
 from rorfeed.state.audit import Audit, AuditEntry
 from rorfeed.state.batched import executemany
 from rorfeed.state.ledger import Applied, Ledger
@@ -35,6 +35,13 @@ class UnitState:
     last_accepted_installed: int | None
     last_counts: BedCounts | None
     last_counts_at: datetime | None
+    priority: Priority = Priority.OTHER
+    id_externe_synchro: str = ""  # as the mapping writes it; "" = the local code
+
+    @property
+    def sync_code(self) -> str:
+        """The code of the unit's place in the national ROR (SPEC §4)."""
+        return self.id_externe_synchro or self.local_code
 
     @property
     def sendable(self) -> bool:
@@ -79,6 +86,8 @@ def _unit_state(row: Any, applied: Applied | None) -> UnitState:
         last_accepted_installed=row.last_accepted_installed,
         last_counts=counts,
         last_counts_at=counts_at,
+        priority=Priority(row.priority),
+        id_externe_synchro=row.id_externe_synchro,
     )
 
 
@@ -154,7 +163,7 @@ class Units:
         added: list[dict[str, Any]] = []
         c = units_t.c
         # Only plain columns: no time to convert for 10,000 unchanged units.
-        columns = (c.local_code, c.label)
+        columns = (c.local_code, c.label, c.priority, c.id_externe_synchro)
         known = {r[0]: r for r in conn.execute(_feed_query(finess, *columns)).all()}
         seen = {u.ror_id for u in units}
 
@@ -173,6 +182,8 @@ class Units:
                 and old[_IN_MAPPING]
                 and old[_MORE] == u.local_code
                 and old[_MORE + 1] == u.label
+                and old[_MORE + 2] == u.priority
+                and old[_MORE + 3] == u.id_externe_synchro
                 and old[_DECLARED_MODE] == u.declared_mode
             ):
                 continue
@@ -190,6 +201,8 @@ class Units:
                         "mode_reason": "ajoutée au mapping",
                         "streak": 0,
                         "last_rules": "",
+                        "priority": int(u.priority),
+                        "id_externe_synchro": u.id_externe_synchro,
                     }
                 )
                 entries.append(
@@ -226,6 +239,30 @@ class Units:
                         f"{old.local_code} ({old.label})",
                         f"{u.local_code} ({u.label})",
                         f"re-mapped, mapping line {u.line}",
+                    )
+                )
+            if old.priority != u.priority:
+                changes["priority"] = int(u.priority)
+                entries.append(
+                    entry(
+                        "mapping",
+                        u.ror_id,
+                        u.local_code,
+                        f"priority {old.priority}",
+                        f"priority {int(u.priority)}",
+                        f"re-prioritised, mapping line {u.line}",
+                    )
+                )
+            if old.id_externe_synchro != u.id_externe_synchro:
+                changes["id_externe_synchro"] = u.id_externe_synchro
+                entries.append(
+                    entry(
+                        "mapping",
+                        u.ror_id,
+                        u.local_code,
+                        f"id_externe_synchro {old.id_externe_synchro or '(local code)'}",
+                        f"id_externe_synchro {u.id_externe_synchro or '(local code)'}",
+                        f"re-synchronised, mapping line {u.line}",
                     )
                 )
             if old.declared_mode != u.declared_mode.value:
