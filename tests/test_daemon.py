@@ -59,19 +59,13 @@ EXPORT = [("REA", 10, 1, 2), ("MED", 30, 0, 5)]
 
 def config_text(schedule: str = "5 * * * *", listen: str = "127.0.0.1:0", extra: str = "") -> str:
     """rorfeed.toml for a site: CSV source → directory `depot`, on `schedule`."""
-    return site_toml(
-        daemon=f'schedule = "{schedule}"\n',
-        tables=f'\n[metrics]\nlisten = "{listen}"\n',
-        destinations=DEPOT,
-        extra=extra,
-    )
+    return site_toml(schedule=schedule, metrics_listen=listen, destinations=DEPOT, extra=extra)
 
 
 def make_site(
     base: Path, schedule: str = "5 * * * *", listen: str = "127.0.0.1:0", extra: str = ""
 ) -> Path:
     """A site (CSV source → directory destination) and its config path."""
-    (base / "depot").mkdir(exist_ok=True)
     return write_site(base, config_text(schedule, listen, extra), MAPPING, EXPORT)
 
 
@@ -603,8 +597,7 @@ known_hosts = "known_hosts"
 remote_dir = "/depot"
 timeout_seconds = 3
 """
-    toml = site_toml(tables='\n[metrics]\nlisten = ""\n', source=source, destinations=sftp)
-    write_site(tmp_path, toml, MAPPING)
+    write_site(tmp_path, mapping=MAPPING, metrics_listen="", source=source, destinations=sftp)
     config = load(tmp_path / "rorfeed.toml")
     store = open_store(config.state_url)
     # A file waiting in the outbox, so that the SFTP delivery is attempted (and fails).
