@@ -7,6 +7,8 @@ import re
 import typing
 from pathlib import Path
 
+import pytest
+
 from rorfeed import config
 from rorfeed.pivot import WRITERS
 from rorfeed.rules import RULES, Severity
@@ -151,6 +153,22 @@ def test_the_server_fixtures_that_mark_tests_are_fixtures_of_the_suite() -> None
     defined = set().union(*map(_fixtures, _test_sources().values()))
     assert set(SERVER_FIXTURES) <= defined
     assert set(SERVER_FIXTURES.values()) == {"sshd", "postgres", "browser"}
+
+
+def test_every_collected_test_using_a_server_fixture_carries_its_marker(
+    request: pytest.FixtureRequest,
+) -> None:
+    # Over this session's tests (the whole suite when it runs whole): none can reach the fast
+    # lane, `-m "not sshd and not postgres and not browser"`, with a server fixture.
+    items = request.session.items
+    assert request.node in items
+    unmarked = [
+        (item.nodeid, name)
+        for item in items
+        for name in getattr(item, "fixturenames", ())
+        if name in SERVER_FIXTURES and item.get_closest_marker(SERVER_FIXTURES[name]) is None
+    ]
+    assert unmarked == []
 
 
 def test_a_server_fixture_requested_at_run_time_comes_with_its_marker() -> None:
