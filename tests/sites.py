@@ -1,9 +1,11 @@
 """The one builder of a test establishment's rorfeed set-up in a folder: rorfeed.toml,
 mapping.csv, the export, the destination folders.
 
-Every test module that needs a configured site builds it here (tests/test_config.py,
-test_cycle.py, test_daemon.py, test_modes.py, test_web.py, test_check.py,
-test_feed_property.py, and tests/faults/site.py for test_delivery.py and the fault suite).
+Every test module that needs a configured site builds it here: tests/test_config.py,
+test_cycle.py, test_daemon.py, test_modes.py, test_check.py, test_feed_property.py,
+test_notify.py, test_deploy.py, test_metrics.py (its own two-establishment TOML), test_web.py
+and test_web_browser.py (through tests/web_site.py), test_delivery.py and the fault suite
+(through tests/faults/site.py).
 What is the same everywhere lives here: one establishment (FINESS) reading a source beside the
 config, the files' formats and the TOML around the parts that differ. What differs is a keyword
 option — the destinations, the schedule, the `[metrics]` listen address, the `[web]` section,
