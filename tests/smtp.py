@@ -140,7 +140,7 @@ class TlsFiles:
         return ssl.create_default_context(cafile=str(self.cert))
 
 
-def _self_signed(base: Path) -> TlsFiles:
+def self_signed(base: Path) -> TlsFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rorfeed test SMTP")])
     now = datetime.now(UTC)
@@ -219,7 +219,7 @@ def start_smtp(port: int | None = None, tls: TlsFiles | None = None) -> Iterator
 
 @pytest.fixture(scope="session")
 def smtp_tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return _self_signed(tmp_path_factory.mktemp("smtp-tls"))
+    return self_signed(tmp_path_factory.mktemp("smtp-tls"))
 
 
 @pytest.fixture

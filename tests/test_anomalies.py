@@ -36,7 +36,6 @@ def site(tmp_path: Path, smtp: SmtpServer) -> Path:
         destinations=directory_destination("depot"), extra=NOTIFY.format(port=smtp.port)
     )
     write_site(tmp_path, toml, mapping_csv(ROWS), EXPORT)
-    (tmp_path / "depot").mkdir()
     assert main(["--config", str(tmp_path / "rorfeed.toml"), "run-once"]) == 0
     return tmp_path
 

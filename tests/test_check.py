@@ -8,32 +8,19 @@ from pathlib import Path
 import pytest
 
 from rorfeed.cli import main
+from tests.sites import mapping_csv, site_toml, write_export, write_site
 from tests.sshd import Sshd
 
 pytestmark = pytest.mark.sshd
 
-CONFIG = """
-[daemon]
-work_dir = "work"
-
-[[establishments]]
-name = "Hôpital Test"
-finess = "750712184"
-mapping = "mapping.csv"
-{referential}
-
-[establishments.source]
-kind = "csv"
-path = "export.csv"
-"""
-
-MAPPING = """local_code;ror_id;label;mode
-REA;52/100;Réanimation;auto
-MED;52/200;Médecine;auto
-;52/500;Palliatifs;manual
-"""
-
-EXPORT = "unit;installed;closed;available\nREA;10;1;2\nMED;30;0;5\n"
+MAPPING = mapping_csv(
+    [
+        ("REA", "52/100", "Réanimation", "auto"),
+        ("MED", "52/200", "Médecine", "auto"),
+        ("", "52/500", "Palliatifs", "manual"),
+    ]
+)
+EXPORT = [("REA", 10, 1, 2), ("MED", 30, 0, 5)]
 
 
 def ssh_fingerprint(private_key: Path) -> str:
@@ -49,25 +36,28 @@ def ssh_fingerprint(private_key: Path) -> str:
 
 
 class Site:
+    """The site of tests/sites.py delivering over SFTP to the test sshd, with MAPPING and
+    EXPORT."""
+
     def __init__(self, root: Path, sshd: Sshd) -> None:
         self.root = root
         self.sshd = sshd
         self.remote = sshd.remote_dir()
-        (root / "mapping.csv").write_text(MAPPING, encoding="utf-8")
-        (root / "export.csv").write_text(EXPORT, encoding="utf-8")
-        self.configure()
+        write_site(root, self.toml(), MAPPING, EXPORT)
+
+    def toml(self, referential: str | None = None, **destination: object) -> str:
+        remote = destination.pop("remote_dir", self.remote)
+        block = self.sshd.destination_toml(remote, name="operator", **destination)  # type: ignore[arg-type]
+        return site_toml(referential=referential, destinations=block)
 
     def configure(self, referential: str = "", **destination: object) -> None:
-        remote = destination.pop("remote_dir", self.remote)
-        ref = ""
+        """rorfeed.toml with the sftp destination's keys overridden and, given its text, a
+        referential file."""
+        name = None
         if referential:
-            (self.root / "referential.csv").write_text(referential, encoding="utf-8")
-            ref = 'referential = "referential.csv"'
-        (self.root / "rorfeed.toml").write_text(
-            CONFIG.format(referential=ref)
-            + self.sshd.destination_toml(remote, name="operator", **destination),  # type: ignore[arg-type]
-            encoding="utf-8",
-        )
+            name = "referential.csv"
+            (self.root / name).write_text(referential, encoding="utf-8")
+        (self.root / "rorfeed.toml").write_text(self.toml(name, **destination), encoding="utf-8")
 
     def check(self, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
         """Run `rorfeed check`: (exit code, stdout lines, stderr)."""
@@ -180,7 +170,7 @@ def test_probe_is_removed_every_time(site: Site, capsys: pytest.CaptureFixture[s
 def test_unmapped_source_units_are_warnings_and_do_not_fail(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (site.root / "export.csv").write_text(EXPORT + "NEUR;12;0;3\nCARDIO;8;0;1\n", "utf-8")
+    write_export(site.root, [*EXPORT, ("NEUR", 12, 0, 3), ("CARDIO", 8, 0, 1)])
     code, lines, err = site.check(capsys)
     assert code == 0
     warnings = [line for line in lines if line.startswith("WARN ")]

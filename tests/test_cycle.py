@@ -18,9 +18,7 @@ from rorfeed.config import load
 from rorfeed.cycle import Cycle
 from rorfeed.state import open_store
 from tests.sites import (
-    directory_destination,
-    mapping_csv,
-    site_toml,
+    CONFIG,
     sqlite_source,
     write_export,
     write_mapping,
@@ -30,21 +28,6 @@ from tests.sites import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DEPOT = directory_destination("depot", formats=("xml", "json", "csv"))
-CONFIG = site_toml(destinations=DEPOT)
-
-# CONFIG, MAPPING (the file's text) and write_export are also imported from here by
-# tests/test_modes.py, tests/test_web.py and tests/test_feed_property.py.
-MAPPING = mapping_csv(
-    [
-        ("REA", "52/100", "Réanimation", "auto"),
-        ("MED", "52/200", "Médecine", "auto"),
-        ("CHIR", "52/300", "Chirurgie", "auto"),
-        ("USC", "52/400", "Surveillance continue", "auto"),
-        ("", "52/500", "Palliatifs", "manual"),
-    ]
-)
-
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
@@ -52,16 +35,13 @@ def site(tmp_path: Path) -> Path:
     # export) are rejected; 52/500 is manual; NEW is in the export but not in the mapping.
     write_site(
         tmp_path,
-        CONFIG,
-        MAPPING,
-        [
+        export=[
             ("REA", "10", "1", "2"),
             ("MED", "30", "0", "5"),
             ("CHIR", "20", "2", "x"),
             ("NEW", "5", "0", "1"),
         ],
     )
-    (tmp_path / "depot").mkdir()
     return tmp_path
 
 
@@ -243,9 +223,7 @@ def test_sqlite_source_relative_to_the_config_folder(tmp_path: Path) -> None:
         tmp_path / "beds.sqlite",
         [("REA", 10, 1, 2), ("MED", 30, 0, 5), ("CHIR", 20, 2, 3), ("USC", 8, 0, 1)],
     )
-    toml = site_toml(destinations=DEPOT, source=sqlite_source("beds.sqlite"))
-    write_site(tmp_path, toml, MAPPING)
-    (tmp_path / "depot").mkdir()
+    write_site(tmp_path, source=sqlite_source("beds.sqlite"))
     assert main(["--config", str(tmp_path / "rorfeed.toml"), "run-once"]) == 0
     assert len(list((tmp_path / "depot").iterdir())) == 3
 

@@ -26,6 +26,7 @@ import pytest
 
 from rorfeed.daemon import STOP_GRACE_SECONDS
 from tests.pg import PgServer
+from tests.sites import mapping_csv, write_site
 from tests.sshd import Sshd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,30 +222,18 @@ def test_a_whole_cycle_runs_without_writable_executable_memory(
     )
     (tmp_path / "db-password").write_text("pg pass 1\n")
     (tmp_path / "sftp-passphrase").write_text(sshd.passphrase + "\n")
-    (tmp_path / "mapping.csv").write_text(
-        "local_code;ror_id;label\nREA;52/100;Réanimation\nMED;52/200;Médecine\n"
-    )
     remote = sshd.remote_dir()
     destination = sshd.destination_toml(remote, private_key=sshd.ed25519_passphrase)
     destination = destination.replace(
         "timeout_seconds", 'passphrase_file = "sftp-passphrase"\ntimeout_seconds', 1
     )
-    (tmp_path / "rorfeed.toml").write_text(
-        f"""
-[daemon]
-work_dir = "work"
-[[establishments]]
-name = "Hôpital Test"
-finess = "750712184"
-mapping = "mapping.csv"
-[establishments.source]
-kind = "sql"
-url = "{url.replace("postgres@", "mdwe_reader@")}"
-password_file = "db-password"
-query = "{QUERY}"
-{destination}
-""",
-        encoding="utf-8",
+    reader_url = url.replace("postgres@", "mdwe_reader@")
+    write_site(
+        tmp_path,
+        mapping=mapping_csv([("REA", "52/100", "Réanimation"), ("MED", "52/200", "Médecine")]),
+        source=f'kind = "sql"\nurl = "{reader_url}"\npassword_file = "db-password"\n'
+        f'query = "{QUERY}"\n',
+        destinations=destination,
     )
     done = subprocess.run(
         [sys.executable, "-c", MDWE_RUN, "--config", str(tmp_path / "rorfeed.toml"), "run-once"],

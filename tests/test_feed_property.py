@@ -17,8 +17,8 @@ from lxml import etree
 from rorfeed.config import load
 from rorfeed.cycle import Cycle
 from rorfeed.state import open_store
-from tests.test_cycle import CONFIG, MAPPING
-from tests.test_rules import oracle_count
+from tests.oracle import oracle_count
+from tests.sites import write_site
 
 NOW = datetime(2026, 11, 23, 13, 5, tzinfo=UTC)
 CODES = ["REA", "MED", "CHIR", "USC", "OTHER"]
@@ -58,10 +58,8 @@ def expected(rows: list[tuple[str, str, str, str]]) -> dict[str, tuple[int, int,
 def test_files_hold_exactly_the_valid_records(rows: list[tuple[str, str, str, str]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp)
-        (site / "mapping.csv").write_text(MAPPING, encoding="utf-8")
-        (site / "rorfeed.toml").write_text(
-            CONFIG.replace("[daemon]", "[rules]\nkillswitch_rejected_share = 1\n\n[daemon]")
-        )
+        # The usual site (tests/sites.py), the kill-switch out of the way of any export.
+        write_site(site, tables="\n[rules]\nkillswitch_rejected_share = 1\n")
         text = io.StringIO()
         csv.writer(text, delimiter=";", lineterminator="\n").writerows(
             [("unit", "installed", "closed", "available"), *rows]

@@ -41,7 +41,6 @@ NOTIFY += 'recipients = ["cellule@h.fr"]\n'
 def site(tmp_path: Path) -> Path:
     toml = site_toml(destinations=directory_destination("depot", ("json",)), extra=NOTIFY)
     write_site(tmp_path, toml, mapping_csv(ROWS), [*EXPORT, ("REA2", "9", "0", "1")])
-    (tmp_path / "depot").mkdir()
     return tmp_path
 
 

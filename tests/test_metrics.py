@@ -29,6 +29,7 @@ from rorfeed.outbox import DeliveryReport
 from rorfeed.rules import HARD_RULES
 from rorfeed.state import Store, open_store
 from rorfeed.state.schema import establishments_t
+from tests.sites import mapping_csv, write_site
 
 ROOT = Path(__file__).resolve().parent.parent
 A, B = "750712184", "130783236"
@@ -70,9 +71,8 @@ establishments = ["{A}"]
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    (tmp_path / "mapping.csv").write_text("local_code;ror_id;label\nREA;52/100;Réa\n")
-    (tmp_path / "rorfeed.toml").write_text(CONFIG)
-    return load(tmp_path / "rorfeed.toml")
+    # Two establishments: more than site_toml writes, so the TOML is this module's own.
+    return load(write_site(tmp_path, CONFIG, mapping_csv([("REA", "52/100", "Réa")])))
 
 
 @pytest.fixture

@@ -8,54 +8,24 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from rorfeed.cli import main
 from rorfeed.config import load
-from rorfeed.cycle import Cycle, CycleReport
+from rorfeed.cycle import Cycle
 from rorfeed.model import Mode
 from rorfeed.state import open_store
-from tests.sites import write_export
+from tests.sites import BAD_CHIR, GOOD, NOTIFY, T0, cycle, write_site
 from tests.smtp import SmtpServer, free_port
-from tests.test_cycle import CONFIG, MAPPING
-
-T0 = datetime.now(UTC).replace(microsecond=0, second=0) - timedelta(hours=12)
-GOOD = [
-    ("REA", "10", "1", "2"),
-    ("MED", "30", "0", "5"),
-    ("CHIR", "20", "2", "3"),
-    ("USC", "8", "0", "1"),
-]
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    (tmp_path / "mapping.csv").write_text(MAPPING, encoding="utf-8")
-    (tmp_path / "rorfeed.toml").write_text(CONFIG, encoding="utf-8")
-    (tmp_path / "depot").mkdir()
-    write_export(tmp_path, GOOD)
+    write_site(tmp_path, export=GOOD)
     return tmp_path
-
-
-def cycle(site: Path, hour: int, rows: Sequence[Sequence[str]] | None = GOOD) -> CycleReport:
-    """One cycle at T0 + `hour` hours, the export (if any) written 5 minutes before."""
-    at = T0 + timedelta(hours=hour)
-    if rows is None:
-        (site / "export.csv").unlink(missing_ok=True)
-    else:
-        write_export(site, rows)
-        stamp = (at - timedelta(minutes=5)).timestamp()
-        os.utime(site / "export.csv", (stamp, stamp))
-    config = load(site / "rorfeed.toml")
-    store = open_store(config.state_url)
-    try:
-        return Cycle(config, store, clock=lambda: at).run(at)
-    finally:
-        store.engine.dispose()
 
 
 def units_json(site: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
@@ -83,9 +53,6 @@ def sent_ids(site: Path, hour: int) -> list[str]:
     if not path.exists():
         return []
     return [u["id_fiche_ror"] for u in json.loads(path.read_text())["unites"]]
-
-
-BAD_CHIR = [r if r[0] != "CHIR" else ("CHIR", "20", "2", "x") for r in GOOD]
 
 
 def test_unit_goes_manual_after_exactly_three_rejected_cycles(
@@ -317,16 +284,6 @@ def test_two_processes_switching_at_once_lose_no_entry(site: Path) -> None:
         (who, f"r{i}") for who in ("p1", "p2") for i in range(8)
     )
     assert {u.ror_id: u.mode for u in store.units()}["52/100"] is Mode.AUTO
-
-
-NOTIFY = """
-[notify]
-smtp_host = "127.0.0.1"
-smtp_port = {port}
-starttls = false
-sender = "rorfeed@hopital.test"
-recipients = ["cellule.lits@hopital.test"]
-"""
 
 
 def test_switch_by_cli_and_automatic_switch_email_the_cell(site: Path, smtp: SmtpServer) -> None:

@@ -26,6 +26,7 @@ from rorfeed.notify import (
     format_time,
 )
 from rorfeed.state import Store, open_store
+from tests.sites import directory_destination, mapping_csv, write_site
 from tests.smtp import HOST, SMTP_PASSWORD, SMTP_USER, SmtpServer, free_port, start_smtp
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -503,29 +504,14 @@ def test_relay_without_sender_or_recipients_keeps_messages_and_says_why(tmp_path
 
 
 def test_from_config_reads_relay_password_and_zone(smtp_tls: SmtpServer, tmp_path: Path) -> None:
-    (tmp_path / "mapping.csv").write_text("local_code;ror_id;label\nUF1201;ROR-REA-01;Réa\n")
     (tmp_path / "smtp.pass").write_text(f"{SMTP_PASSWORD}\n")
-    path = tmp_path / "rorfeed.toml"
-    path.write_text(
-        f"""
-[daemon]
-work_dir = "work"
-timezone = "Indian/Reunion"
-
-[[establishments]]
-name = "Hôpital Exemple"
-finess = "750712184"
-mapping = "mapping.csv"
-
-[establishments.source]
-kind = "csv"
-path = "export.csv"
-
-[[destinations]]
-name = "out"
-kind = "directory"
-path = "out"
-
+    path = write_site(
+        tmp_path,
+        mapping=mapping_csv([("UF1201", "ROR-REA-01", "Réa")]),
+        daemon='timezone = "Indian/Reunion"\n',
+        name="Hôpital Exemple",
+        destinations=directory_destination("out"),
+        extra=f"""
 [notify]
 smtp_host = "{HOST}"
 smtp_port = {smtp_tls.port}
@@ -535,7 +521,6 @@ password_file = "smtp.pass"
 sender = "{SENDER}"
 recipients = ["cellule-lits@chu-exemple.fr"]
 """,
-        encoding="utf-8",
     )
     notifier = Notifier.from_config(load(path), ssl_context=smtp_tls.client_context)
     assert SMTP_PASSWORD not in repr(notifier)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rorfeed import rules
 from rorfeed.model import BedCounts, SourceRow
 from rorfeed.rules import RuleOptions, check_unit, parse_count, parse_updated_at
+from tests.oracle import oracle_count
 
 PARIS = ZoneInfo("Europe/Paris")
 NOW = datetime(2026, 11, 23, 13, 5, tzinfo=UTC)
@@ -164,23 +165,6 @@ def test_installed_change_beyond_the_share_is_a_warning_only() -> None:
 
 
 # -- properties -------------------------------------------------------------------------------
-
-
-def oracle_count(value: object) -> int | None:
-    """An independent reading of SPEC §6's integer definition; None = not a valid count."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else None
-    if isinstance(value, Decimal):
-        return int(value) if value.is_finite() and value == value.to_integral_value() else None
-    if isinstance(value, str):
-        text = value.strip()
-        if text and all(c in "0123456789" for c in text):
-            return int(text)
-    return None
 
 
 raw_counts = st.one_of(

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,11 +102,24 @@ def test_server_advertises_posix_rename_and_it_is_used(sshd: Sshd) -> None:
         assert session.posix_rename
 
 
-def test_session_socket_sends_small_packets_at_once(sshd: Sshd) -> None:
+def test_session_socket_sends_small_packets_at_once(
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Nagle's algorithm made every SSH request wait for the peer's delayed ACK (40 ms each).
+    # The connection is seen where the OS hands it over (socket.create_connection), not in the
+    # session's attributes; a timing bound would not tell 40 ms of delay from a busy machine.
+    opened: list[socket.socket] = []
+    create_connection = socket.create_connection
+
+    def recording(*args: Any, **kwargs: Any) -> socket.socket:
+        opened.append(create_connection(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(socket, "create_connection", recording)
     with sftp(sshd, sshd.remote_dir()).open(10) as session:
-        sock = session._transport.sock
-        assert isinstance(sock, socket.socket)
+        assert session.size_of("absent.xml") is None  # the session works over that socket
+        [sock] = opened
+        assert sock.getpeername() == ("127.0.0.1", sshd.port)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 

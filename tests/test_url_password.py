@@ -30,8 +30,10 @@ def rorfeed(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def site(tmp_path: Path, daemon: str = "", source: str | None = None) -> Path:
-    extra = {} if source is None else {"source": source}
-    toml = site_toml(destinations=directory_destination("out"), daemon=daemon, **extra)
+    out = directory_destination("out")
+    if source is None:
+        return write_site(tmp_path, site_toml(destinations=out, daemon=daemon), MAPPING)
+    toml = site_toml(destinations=out, daemon=daemon, source=source)
     return write_site(tmp_path, toml, MAPPING)
 
 

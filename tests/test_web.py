@@ -22,13 +22,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 from structlog.testing import capture_logs
@@ -42,29 +41,13 @@ from rorfeed.users_cli import users
 from rorfeed.web.app import create_app
 from rorfeed.web.auth import AccountError, Accounts, Role
 from rorfeed.web.server import make_server
-from tests.sites import write_export
-from tests.smtp import SmtpServer, _self_signed, free_port
-from tests.test_cycle import CONFIG, MAPPING
-from tests.test_modes import BAD_CHIR, GOOD, NOTIFY, T0, cycle
+from tests.sites import T0, site_toml
+from tests.smtp import SmtpServer, free_port, self_signed
+from tests.web_site import FAST, LEAD, LEAD_PW, VIEWER, VIEWER_PW, Clock, build_site
 
-# Cheap Argon2id parameters: the tests log in often; production uses the library's defaults.
-FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-LEAD, VIEWER = "chef.projet", "cellule"
-LEAD_PW, VIEWER_PW = "mot de passe du chef 1", "mot de passe cellule 2"
 PAGES = ["/unites", "/unite/750712184/52/200", "/coupure", "/historique", "/etat"]
 MANUAL_NEEDED = "la saisie manuelle dans le ROR redevient nécessaire"
 MANUAL_NOT_NEEDED = "la saisie manuelle dans le ROR n'est plus nécessaire"
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 @dataclass
@@ -89,21 +72,6 @@ class Site:
         return {u.ror_id: u.mode for u in self.store.units()}
 
 
-def build_site(path: Path) -> None:
-    """A site after two cycles (every unit known, CHIR rejected once), with two accounts."""
-    (path / "mapping.csv").write_text(MAPPING, encoding="utf-8")
-    (path / "rorfeed.toml").write_text(CONFIG, encoding="utf-8")
-    (path / "depot").mkdir()
-    write_export(path, GOOD)
-    cycle(path, 0)  # every unit known, with last values sent
-    cycle(path, 1, BAD_CHIR)  # CHIR rejected once: a streak of 1
-    store = open_store(load(path / "rorfeed.toml").state_url)
-    accounts = Accounts(store, hasher=FAST)
-    accounts.add(LEAD, Role.LEAD, LEAD_PW)
-    accounts.add(VIEWER, Role.VIEWER, VIEWER_PW)
-    store.engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built once per module (two cycles take a while); each test works on its own copy."""
@@ -113,10 +81,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_site(template: Path, path: Path, notify_port: int | None = None, web: str = "") -> Site:
+    """A copy of the template site, its config given the `web` section (default: hour-long
+    sessions) and, with `notify_port`, the notification relay."""
     shutil.copytree(template, path)
-    config_text = CONFIG + (web or "\n[web]\nsession_minutes = 60\n")
-    if notify_port is not None:
-        config_text += NOTIFY.format(port=notify_port)
+    config_text = site_toml(web=web or "\n[web]\nsession_minutes = 60\n", notify_port=notify_port)
     (path / "rorfeed.toml").write_text(config_text, encoding="utf-8")
     config = load(path / "rorfeed.toml")
     store = open_store(config.state_url)
@@ -748,7 +716,7 @@ class _Stdin:
 
 
 def test_real_server_over_tls_sets_secure_cookies(template: Path, tmp_path: Path) -> None:
-    tls = _self_signed(tmp_path)
+    tls = self_signed(tmp_path)
     port = free_port()
     web = f'\n[web]\nlisten = "127.0.0.1:{port}"\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n'
     s = make_site(template, tmp_path / "site", web=web)

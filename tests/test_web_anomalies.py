@@ -30,7 +30,6 @@ class Page:
         toml = site_toml(destinations=directory_destination("depot"))
         rows = [("REA", "52/100", "Réanimation", "auto"), ("MED", "52/200", "Médecine", "auto")]
         path = write_site(tmp_path, toml, mapping_csv(rows), [("REA", 10, 1, 2), ("MED", 30, 0, 5)])
-        (tmp_path / "depot").mkdir()
         assert main(["--config", str(path), "run-once"]) == 0
         config = load(path)
         self.store: Store = open_store(config.state_url)

@@ -21,8 +21,8 @@ from rorfeed.config import load
 from rorfeed.state import open_store
 from rorfeed.web.app import create_app
 from rorfeed.web.server import make_server
-from tests.test_modes import T0
-from tests.test_web import FAST, LEAD, LEAD_PW, VIEWER, VIEWER_PW, Clock, build_site
+from tests.sites import T0
+from tests.web_site import FAST, LEAD, LEAD_PW, VIEWER, VIEWER_PW, Clock, build_site
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

@@ -79,7 +79,6 @@ class Site:
             extra=NOTIFY.format(port=smtp.port),
         )
         self.config_path = write_site(path, toml, mapping_csv(ROWS), EXPORT)
-        (path / "depot").mkdir()
         self.run_once()
         self.config = load(self.config_path)
         self.store = open_store(self.config.state_url)

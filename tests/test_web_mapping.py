@@ -40,7 +40,6 @@ class Site:
         self.path = tmp_path
         toml = site_toml(destinations=directory_destination("depot", ("json",)))
         self.config_path = write_site(tmp_path, toml, mapping_csv(ROWS), EXPORT)
-        (tmp_path / "depot").mkdir()
         self.run_once()
         config = load(self.config_path)
         self.store: Store = open_store(config.state_url)

@@ -31,7 +31,7 @@ from rorfeed.web.server import (
     HEADER_SECONDS,
 )
 from tests.sites import directory_destination, mapping_csv, site_toml, write_export, write_site
-from tests.smtp import TlsFiles, _self_signed, free_port
+from tests.smtp import TlsFiles, free_port, self_signed
 
 HOST = "127.0.0.1"
 MIB = 1024 * 1024
@@ -79,7 +79,6 @@ def _serving(folder: Path, tls: TlsFiles | None = None) -> Iterator[Web]:
     toml = site_toml(destinations=directory_destination("depot"), extra=web)
     config = write_site(folder, toml, mapping_csv([("MED", "52/200", "Médecine")]), [])
     write_export(folder, [("MED", 10, 0, 4)])
-    (folder / "depot").mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "rorfeed", "--config", str(config), "web"],
         stdout=subprocess.DEVNULL,
@@ -268,7 +267,7 @@ def test_twenty_slow_clients_neither_block_the_page_nor_stay_past_the_deadline(w
 
 
 def test_over_tls_a_slow_client_is_cut_and_sigterm_still_stops_at_once(tmp_path: Path) -> None:
-    tls = _self_signed(tmp_path)
+    tls = self_signed(tmp_path)
     (tmp_path / "site").mkdir()
     with _serving(tmp_path / "site", tls) as web:
         start = time.monotonic()

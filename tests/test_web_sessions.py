@@ -113,7 +113,6 @@ def free_port() -> int:
 def make_site(path: Path, hasher: Hasher | None = None, state_url: str = "") -> Site:
     """A site with two accounts; its state store in work/ unless `state_url` says where."""
     path.mkdir()
-    (path / "depot").mkdir()
     web = f'\n[web]\nlisten = "127.0.0.1:{free_port()}"\nsession_minutes = 60\n'
     daemon = f'state_url = "{state_url}"\n' if state_url else ""
     toml = site_toml(destinations=directory_destination("depot"), daemon=daemon, extra=web)
@@ -372,7 +371,9 @@ def login_over_http(address: str, name: str, password: str) -> int:
         connection.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_right_password_checked_while_wrong_ones_lock_the_account_is_refused(
     backend: str,
     tmp_path: Path,

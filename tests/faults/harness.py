@@ -8,8 +8,9 @@
 - `check_invariants` checks, on the server's folder, its log, the outbox, the archive and the
   state store, what rorfeed promises whatever fails (SPEC §7, §8), and returns every violation
   found (an empty list when all hold).
-- `DaemonCycle` runs one cycle through the daemon's own code path (`Daemon._run_cycle`): the
-  log lines and metrics it produces are those `rorfeed serve` would.
+- `DaemonCycle` runs one cycle through the daemon's own code path (`Daemon.runner`, as the
+  scheduler hands it a fire time): the log lines and metrics it produces are those
+  `rorfeed serve` would.
 """
 
 from __future__ import annotations
@@ -468,7 +469,7 @@ def check_invariants(
 
 @dataclass
 class DaemonCycle:
-    """One cycle through `Daemon._run_cycle`; `report` is None when it ended on an error."""
+    """One cycle through `Daemon.runner`; `report` is None when it ended on an error."""
 
     report: CycleReport | None
     registry: CollectorRegistry
@@ -510,7 +511,8 @@ def run_daemon_cycle(
     daemon = Daemon(
         config, store, cycle_factory=factory, notifier=Notifier(None), registry=registry
     )
-    daemon._run_cycle(cycle_time)
+    assert daemon.runner.submit(cycle_time) == "started"
+    assert daemon.runner.wait_idle(120), "the cycle did not end within 120 s"
     lines = []
     for line in read_err().splitlines():
         if line.strip():

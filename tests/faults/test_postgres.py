@@ -19,7 +19,6 @@ import pytest
 from psycopg import sql
 
 from rorfeed.cycle import Cycle
-from tests.faults.conftest import PgControl
 from tests.faults.harness import (
     DaemonCycle,
     SftpLog,
@@ -31,6 +30,7 @@ from tests.faults.harness import (
     wait_for,
 )
 from tests.faults.net import Relay
+from tests.faults.pg_control import PgControl
 from tests.faults.site import DESTINATION, Site, known_hosts_for, utc_now
 from tests.sites import FINESS
 from tests.sshd import Sshd
