@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from rorfeed import config_example
-from rorfeed.config import ConfigFile, finess_problem, load, luhn_valid, template_problems
+from rorfeed.config import ConfigFile, load, template_problems
 from rorfeed.errors import ConfigError
+from rorfeed.finess import finess_problem, luhn_valid
 from tests.sites import directory_destination, mapping_csv, site_toml, write_site
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,9 +22,10 @@ from rorfeed.exit_codes import ExitCode
 from rorfeed.model import EstablishmentStatus
 
 if TYPE_CHECKING:
-    from rorfeed.config import Config, EmergencyConfig
+    from rorfeed.config import Config
     from rorfeed.control import Control
     from rorfeed.cycle import CycleReport
+    from rorfeed.emergency_config import EmergencyConfig
     from rorfeed.state import Store
 
 
@@ -156,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _is_emergency(args):
             print("\n".join(exc.problems), file=sys.stderr)
             return ExitCode.USAGE
-        return _emergency(config_mod.load_emergency(path, exc.problems), args)
+        from rorfeed.emergency_config import load_emergency
+
+        return _emergency(load_emergency(path, exc.problems), args)
     rlog.register_secrets(config.secrets.values())
     try:
         if args.command == "check":

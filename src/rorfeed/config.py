@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field, ValidationError
 
 from rorfeed.errors import ConfigError, shown
+from rorfeed.finess import finess_problem
 from rorfeed.listen import listen_problem
 from rorfeed.safe_text import control_character, unsafe_problem
 from rorfeed.schedule import schedule_problem
@@ -209,39 +210,11 @@ def state_url_of(daemon: DaemonSection, base_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # Loading
 
-_FINESS_RE = re.compile(r"^(\d{2}|2A|2B)\d{7}$")
 _PLACEHOLDERS = {"finess", "timestamp", "ext"}
 # One address per list entry: a second one after a comma would be silently lost.
 _ADDRESS = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
 # A destination's name names folders of the work directory (SPEC §3): ASCII only, no dot.
 _DESTINATION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
-
-
-def finess_problem(finess: str, check: str) -> str | None:
-    """None when `finess` is acceptable, else what is wrong and how to fix it."""
-    if not _FINESS_RE.fullmatch(finess):
-        return (
-            f'found "{finess}", expected 9 characters: the département (2 digits, 2A or 2B) '
-            "then 7 digits"
-        )
-    if check == "luhn" and finess[:2] not in ("2A", "2B") and not luhn_valid(finess):
-        return (
-            f'found "{finess}", expected a valid FINESS (check digit) — fix the 9th digit, '
-            'or set finess_check = "format" if this real FINESS fails its key'
-        )
-    return None
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
 
 
 def _dotted(loc: tuple[int | str, ...], tags: set[str]) -> str:
@@ -318,7 +291,7 @@ def load(path: Path, *, for_web: bool = False) -> Config:
     return config
 
 
-def _read_secret(
+def read_secret(
     base_dir: Path, key: str, file_value: str, env_value: str, problems: list[str]
 ) -> str | None:
     if file_value and env_value:
@@ -376,7 +349,7 @@ def _check_section(
         secret_name = name.removesuffix("_file")
         if secret_name == name or f"{secret_name}_env" not in fields:
             continue
-        secret = _read_secret(
+        secret = read_secret(
             config.base_dir,
             f"{key}.{secret_name}",
             getattr(section, name),
@@ -506,79 +479,3 @@ def config_path(cli_value: str | None) -> Path:
         return Path(cli_value)
     env = os.environ.get("RORFEED_CONFIG")
     return Path(env) if env else DEFAULT_CONFIG_PATH
-
-
-# ---------------------------------------------------------------------------------------------
-# The emergency path: `units manual` and `killswitch on` must act whenever the state store can
-# be reached, even when other parts of the configuration are invalid.
-
-
-@dataclass(frozen=True)
-class EmergencyConfig:
-    """The least the emergency commands need, read as leniently as the file allows."""
-
-    path: Path
-    state_url: str
-    state_password: str | None
-    names: dict[str, str]  # FINESS → establishment name, of every readable establishment
-    zone: zoneinfo.ZoneInfo
-    notify: NotifySection | None
-    notify_password: str | None
-    problems: list[str]  # why the full configuration did not load: reported as warnings
-
-
-# What locates and opens the state store: kept from a [daemon] section that is otherwise invalid.
-_STATE_KEYS = ("work_dir", "state_url", "state_password_file", "state_password_env")
-
-
-def load_emergency(path: Path, problems: list[str]) -> EmergencyConfig:
-    path = path.absolute()
-    try:
-        raw = parse_toml(path)
-    except ConfigError:
-        raw = {}
-    daemon_raw = raw.get("daemon") if isinstance(raw.get("daemon"), dict) else {}
-    try:
-        daemon = DaemonSection.model_validate(daemon_raw)
-    except ValidationError:
-        # Keep whatever locates the state store; the rest falls back to its default.
-        daemon = DaemonSection.model_validate(
-            {k: v for k, v in (daemon_raw or {}).items() if k in _STATE_KEYS and isinstance(v, str)}
-        )
-    try:
-        zone = zoneinfo.ZoneInfo(daemon.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        zone = zoneinfo.ZoneInfo("Europe/Paris")
-    names: dict[str, str] = {}
-    establishments = raw.get("establishments")
-    for est in establishments if isinstance(establishments, list) else []:
-        if isinstance(est, dict) and isinstance(est.get("finess"), str):
-            names[est["finess"]] = str(est.get("name") or est["finess"])
-    notify: NotifySection | None = None
-    password: str | None = None
-    if isinstance(raw.get("notify"), dict):
-        try:
-            notify = NotifySection.model_validate(raw["notify"])
-        except ValidationError:
-            notify = None
-    if notify is not None and (notify.password_file or notify.password_env):
-        password = _read_secret(
-            path.parent, "notify.password", notify.password_file, notify.password_env, []
-        )
-    state_password = _read_secret(
-        path.parent,
-        "daemon.state_password",
-        daemon.state_password_file,
-        daemon.state_password_env,
-        [],
-    )
-    return EmergencyConfig(
-        path=path,
-        state_url=state_url_of(daemon, path.parent),
-        state_password=state_password,
-        names=names,
-        zone=zone,
-        notify=notify,
-        notify_password=password,
-        problems=problems,
-    )
