@@ -316,7 +316,7 @@ def _status_kb(field_name: str) -> int:
 # so that the benchmark survives renames in src/). (label, module, attribute path)
 PHASES: tuple[tuple[str, str, str], ...] = (
     ("cycle total (Cycle.run)", "rorfeed.cycle", "Cycle.run"),
-    ("  mapping: parse_mapping", "rorfeed.cycle", "parse_mapping"),
+    ("  mapping: parse_mapping_text", "rorfeed.cycle", "parse_mapping_text"),
     ("  state: sync_mapping (and feed states)", "rorfeed.state", "Store.sync_mapping"),
     ("  state: units() (all calls)", "rorfeed.state", "Store.units"),
     ("  source: SqlSource.fetch", "rorfeed.sources.sql.query", "SqlSource.fetch"),

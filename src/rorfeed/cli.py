@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from rorfeed import __version__
 from rorfeed.errors import ConfigError, RorfeedError, StateError
 from rorfeed.exit_codes import ExitCode
-from rorfeed.model import EstablishmentStatus
 
 if TYPE_CHECKING:
     from rorfeed.config import Config
@@ -333,6 +332,8 @@ def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
         time.sleep(1.0)
         now = utc_now().replace(microsecond=0)
     heap.freeze()  # see rorfeed.heap: the libraries stay out of the collector's walks
+    from rorfeed.model import EstablishmentStatus
+
     report = Cycle(config, store).run(now, dry_run_dir=dry_dir)
     print(format_summary(report), file=sys.stderr)
     if dry_dir is not None:
@@ -356,13 +357,15 @@ def _run_once(config: Config, dry_run: bool, output: Path | None) -> int:
 # The establishments whose units were not judged, and why, in the summary's words; a
 # kill-switch tripped in this cycle (rejections seen) is said with the counts instead.
 _NOTHING_READ = {
-    EstablishmentStatus.SOURCE_DOWN: "source unreachable",
-    EstablishmentStatus.MAPPING_ERROR: "mapping invalid",
-    EstablishmentStatus.KILLSWITCH: "kill-switch on, nothing sent",
-}
+    "source_down": "source unreachable",
+    "mapping_error": "mapping invalid",
+    "killswitch": "kill-switch on, nothing sent",
+}  # keyed by EstablishmentStatus values: rorfeed.model stays off `--help`'s path
 
 
 def format_summary(report: CycleReport) -> str:
+    from rorfeed.model import EstablishmentStatus
+
     lines = [f"Cycle {report.cycle_time.isoformat()} — {report.outcome}"]
     for e in report.establishments:
         head = f"  {e.name} ({e.finess}): "

@@ -8,17 +8,20 @@ it is written, with its line, rather than escaped in each place that shows it.
 
 from __future__ import annotations
 
-import unicodedata
+import re
 
 FORMULA_STARTS = ("=", "+", "-", "@")
 
 
+# Unicode's control characters (category Cc) are exactly C0, DEL and C1: one regular
+# expression finds them at C speed (a mapping of 10,000 lines has 30,000 fields to check).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def control_character(text: str) -> str | None:
     """The first control character of `text` (C0, DEL or C1), None when it has none."""
-    for c in text:
-        if unicodedata.category(c) == "Cc":
-            return c
-    return None
+    found = _CONTROL.search(text)
+    return None if found is None else found.group()
 
 
 def unsafe_problem(text: str, *, formula: bool = True) -> str | None:
