@@ -41,8 +41,8 @@ from rorfeed.transports.fhir.client import (
     Phases,
     location_url,
     names_capacity,
-    ssl_context,
 )
+from rorfeed.transports.fhir.tls import ssl_context
 from tests.fhir_server import (
     CLIENT_ID,
     KEY_PASSPHRASE,

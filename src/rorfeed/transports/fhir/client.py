@@ -1,7 +1,7 @@
 """The `fhir` destination, the code: httpx over mutual TLS, OAuth 2, one indicator per request.
 
 What SPEC §12 asks, and where it is done:
-- TLS (`ssl_context`): the server is verified against `ca_bundle` only (never the system store,
+- TLS (`tls.ssl_context`): the server is verified against `ca_bundle` only (never the system store,
   never "no verify") with its host name, TLS ≥ 1.2, and the client certificate is presented on
   every connection (the token server requires it; the API server may).
 - OAuth 2 `client_credentials` (`_fetch_token`): the token is kept until shortly before its
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,7 +40,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import structlog
 
-from rorfeed.errors import AuthFailed, TransportError, shown
+from rorfeed.errors import AuthFailed, shown
 from rorfeed.mapping import sync_code_problem
 from rorfeed.transports.fhir import FhirDestinationSection
 from rorfeed.transports.fhir.body import (
@@ -51,6 +50,13 @@ from rorfeed.transports.fhir.body import (
     Operation,
     build_body,
     encode,
+)
+from rorfeed.transports.fhir.tls import (
+    ssl_cause,
+    ssl_context,
+    ssl_reason,
+    tls_refusal,
+    verify_message,
 )
 
 log = structlog.get_logger("rorfeed.fhir")
@@ -70,19 +76,6 @@ MAX_ANSWER_BYTES = 1 << 20
 DIAGNOSTICS_CHARS = 500
 # Token kept until this share of its lifetime before `expires_in`, at most 30 s before.
 TOKEN_MARGIN_SHARE, TOKEN_MARGIN_MAX = 0.1, 30.0
-# Alerts by which a server refuses the client certificate during the handshake (OpenSSL's
-# reasons): a configuration problem, not a broken connection — not retried.
-_CLIENT_CERTIFICATE_REFUSED = frozenset(
-    {
-        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
-        "SSLV3_ALERT_BAD_CERTIFICATE",
-        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-        "SSLV3_ALERT_CERTIFICATE_REVOKED",
-        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-        "TLSV1_ALERT_UNKNOWN_CA",
-        "TLSV1_ALERT_ACCESS_DENIED",
-    }
-)
 
 
 class Outcome(StrEnum):
@@ -183,78 +176,6 @@ def location_url(base_url: str, identifier: str) -> str:
     """`/` stays literal as the ANS writes it (RFC 3986 allows it in a query); anything else
     that could change the query's meaning (`&`, `+`, `#`, `%`, …) is percent-encoded."""
     return f"{base_url}{API_PATH}?identifier={quote(identifier, safe='/')}"
-
-
-def ssl_context(
-    where: str, client_cert: Path, client_key: Path, ca_bundle: Path, passphrase: str | None
-) -> ssl.SSLContext:
-    """Verify the server against `ca_bundle` and its host name, TLS ≥ 1.2, present the client
-    certificate. Raises `TransportError` (`AuthFailed` for the certificate or key)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_verify_locations(cafile=str(ca_bundle))
-    except (OSError, ssl.SSLError) as exc:
-        raise TransportError(
-            f"{where}: ca_bundle {ca_bundle} holds no usable PEM certificate ({_ssl_reason(exc)})"
-        ) from exc
-
-    # Always a callback: without one, OpenSSL would prompt on the terminal for an encrypted
-    # key. An empty answer makes the load fail instead.
-    def password() -> bytes:
-        return b"" if passphrase is None else passphrase.encode("utf-8")
-
-    try:
-        context.load_cert_chain(str(client_cert), str(client_key), password=password)
-    except OSError as exc:
-        reason = _ssl_reason(exc)
-        # OpenSSL often says only "PEM lib": whether the key is encrypted is read from its file.
-        if _encrypted(client_key) or "BAD_DECRYPT" in reason:
-            why = (
-                "is encrypted and no passphrase is configured — set client_key_passphrase_file"
-                " or client_key_passphrase_env"
-                if passphrase is None
-                else "does not open with the configured passphrase"
-            )
-            raise AuthFailed(f"{where}: client_key {client_key} {why}") from exc
-        if "KEY_VALUES_MISMATCH" in reason:
-            raise AuthFailed(
-                f"{where}: client_key {client_key} is not the key of client_cert {client_cert}"
-            ) from exc
-        raise AuthFailed(
-            f"{where}: client_cert {client_cert} / client_key {client_key} cannot be loaded as"
-            f" PEM ({reason})"
-        ) from exc
-    return context
-
-
-def _encrypted(key: Path) -> bool:
-    """A PEM private key protected by a passphrase (PKCS#8 or the traditional header)."""
-    try:
-        text = key.read_bytes()[:4096]
-    except OSError:
-        return False
-    return b"BEGIN ENCRYPTED PRIVATE KEY" in text or b"Proc-Type: 4,ENCRYPTED" in text
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
-    return str(reason or type(exc).__name__)
-
-
-def _tls_refusal(exc: BaseException) -> str | None:
-    """`tls_verify` when the server's certificate did not verify, `client_certificate` when the
-    server refused ours, None for any other failure (retried: a broken connection)."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return "tls_verify"
-        if isinstance(cause, ssl.SSLError) and cause.reason in _CLIENT_CERTIFICATE_REFUSED:
-            return "client_certificate"
-        cause = cause.__cause__ or cause.__context__
-    return None
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -694,7 +615,7 @@ class FhirSession:
                 "timeout", f"{what}: {type(exc).__name__} (no answer in time)", None, operation
             ) from exc
         except httpx.TransportError as exc:
-            refusal = _tls_refusal(exc)
+            refusal = tls_refusal(exc)
             if refusal == "tls_verify":
                 raise _Final(
                     Answer(
@@ -702,7 +623,7 @@ class FhirSession:
                         refusal,
                         operation=operation,
                         diagnostics=f"{what}: the server's certificate does not verify against"
-                        f" ca_bundle ({_verify_message(exc)}) — never retried without"
+                        f" ca_bundle ({verify_message(exc)}) — never retried without"
                         " verification",
                     )
                 ) from exc
@@ -713,7 +634,7 @@ class FhirSession:
                         refusal,
                         operation=operation,
                         diagnostics=f"{what}: the server refused the client certificate"
-                        f" ({_ssl_reason(_ssl_cause(exc))})",
+                        f" ({ssl_reason(ssl_cause(exc))})",
                     )
                 ) from exc
             raise _Retry(
@@ -723,21 +644,6 @@ class FhirSession:
         return httpx.Response(
             response.status_code, headers=response.headers, content=bytes(content)
         )
-
-
-def _ssl_cause(exc: BaseException) -> BaseException:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return cause
-        cause = cause.__cause__ or cause.__context__
-    return exc
-
-
-def _verify_message(exc: BaseException) -> str:
-    cause = _ssl_cause(exc)
-    message = getattr(cause, "verify_message", None)
-    return shown(str(message or _ssl_reason(cause)))
 
 
 def _oauth_error(response: httpx.Response) -> str:
