@@ -15,19 +15,13 @@ from rorfeed.metrics import StateCollector
 from rorfeed.model import AnomalyDecision, BedCounts, Mode
 from rorfeed.state import Store, open_store
 from tests.sites import FINESS, directory_destination, mapping_csv, site_toml, write_site
+from tests.sites import NOTIFY as SITE_NOTIFY
 from tests.smtp import SmtpServer
 
 ROWS = [("REA", "52/100", "Réanimation", "auto"), ("MED", "52/200", "Médecine", "auto")]
 EXPORT = [("REA", "10", "1", "2"), ("MED", "30", "0", "5")]
-NOTIFY = """
-[notify]
-smtp_host = "127.0.0.1"
-smtp_port = {port}
-starttls = false
-sender = "rorfeed@hopital.test"
-recipients = ["cellule.lits@hopital.test"]
-lead_recipients = ["chef.projet@hopital.test"]
-"""
+# The cell's relay (tests/sites.py), and the chef de projet's address for anomaly reports.
+NOTIFY = SITE_NOTIFY + 'lead_recipients = ["chef.projet@hopital.test"]\n'
 
 
 @pytest.fixture

@@ -151,7 +151,7 @@ def test_a_change_is_refused_when_the_file_changed_since_the_preview(site: Path)
     control = Control.from_config(config, store)
     now = datetime.now(UTC)
     with pytest.raises(MappingConflict, match="changed since the preview"):
-        confirm(config, store, control, proposal, reason="r", actor="marie", now=now)
+        confirm(store, control, proposal, reason="r", actor="marie", now=now)
     assert (site / "mapping.csv").read_text(encoding="utf-8") == edited
 
 
@@ -262,7 +262,6 @@ def test_two_leads_confirming_at_once_one_wins_and_the_other_sees_the_conflict(
         start.wait(timeout=10)
         try:
             confirm(
-                config,
                 store,
                 control,
                 proposals[who],

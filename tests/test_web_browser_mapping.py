@@ -31,6 +31,7 @@ from tests.sites import (
     write_export,
     write_site,
 )
+from tests.sites import NOTIFY as SITE_NOTIFY
 from tests.smtp import SmtpServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,15 +41,8 @@ FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 LEAD, LEAD_PW, VIEWER, VIEWER_PW = "chef", "mot de passe du chef", "cellule", "mot de passe 2"
 ROWS = [("REA", "52/100", "Réanimation", "auto"), ("MED", "52/200", "Médecine", "auto")]
 EXPORT = [("REA", 10, 1, 2), ("MED", 30, 0, 5), ("PED", 12, 0, 4)]
-NOTIFY = """
-[notify]
-smtp_host = "127.0.0.1"
-smtp_port = {port}
-starttls = false
-sender = "rorfeed@hopital.test"
-recipients = ["cellule.lits@hopital.test"]
-lead_recipients = ["chef.projet@hopital.test"]
-"""
+# The cell's relay (tests/sites.py), and the chef de projet's address for anomaly reports.
+NOTIFY = SITE_NOTIFY + 'lead_recipients = ["chef.projet@hopital.test"]\n'
 
 
 @pytest.fixture

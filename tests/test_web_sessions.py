@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import http.client
 import re
-import socket
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +35,8 @@ from rorfeed.web.app import create_app
 from rorfeed.web.auth import Accounts, Role
 from rorfeed.web.server import make_server
 from tests.sites import directory_destination, mapping_csv, site_toml, write_site
+from tests.smtp import free_port
+from tests.web_site import Clock
 
 LEAD, VIEWER = "chef.projet", "cellule"
 LEAD_PW, VIEWER_PW = "mot de passe du chef 1", "mot de passe cellule 2"
@@ -60,17 +61,6 @@ class Hasher(PasswordHasher):
             self.held.set()
             assert self.release.wait(10), "the held check was never released"
         return super().verify(hash, password)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 @dataclass
@@ -101,13 +91,6 @@ class Site:
         return users(
             self.config, action, name, role, password_file, store=self.store, hasher=self.hasher
         )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def make_site(path: Path, hasher: Hasher | None = None, state_url: str = "") -> Site:

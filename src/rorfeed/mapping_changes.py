@@ -173,7 +173,6 @@ def propose(config: Config, store: Store, finess: str, text: str) -> Proposal:
 
 
 def confirm(
-    config: Config,
     store: Store,
     control: Control,
     proposal: Proposal,

@@ -172,9 +172,7 @@ def apply(
             print("rorfeed: nothing changed", file=sys.stderr)
             return ExitCode.FAILED
     try:
-        entries = confirm(
-            config, store, control, proposal, reason=reason, actor=actor, now=control.clock()
-        )
+        entries = confirm(store, control, proposal, reason=reason, actor=actor, now=control.clock())
     except MappingChangeError as exc:
         print(f"rorfeed: {exc}", file=sys.stderr)
         return ExitCode.FAILED

@@ -54,9 +54,6 @@ def create_app(
     )
     app = Flask(__name__)
     app.config.update(
-        # From a credential when set (`web.secret_file`, SPEC §10.3), else made once and kept
-        # in the state store, so that sessions survive restarts either way.
-        SECRET_KEY=(config.secrets.get("web.secret") or "").strip() or store.web_secret(),
         SESSION_COOKIE_NAME="rorfeed_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
@@ -66,6 +63,8 @@ def create_app(
         MAX_FORM_PARTS=50_000,
         TEMPLATES_AUTO_RELOAD=False,
     )
+    # No SECRET_KEY: the session interface reads the key of the moment at each request
+    # (`web.secret_file`, else the state store's), see security.SessionInterface.
     app.session_interface = security.SessionInterface()
     app.wsgi_app = security.LoopbackProxy(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["rorfeed"] = web

@@ -187,7 +187,6 @@ def apply(finess: str) -> BaseResponse | tuple[str, int]:
     if not error:
         try:
             entries = confirm(
-                web.config,
                 web.store,
                 web.control,
                 proposal,
